@@ -1,0 +1,50 @@
+"""Progress bars for training: tqdm widgets in JupyterLab, plain text under papermill."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import keras
+
+
+def _tqdm() -> Any:
+    # Widgets render only in a live frontend; executed notebooks converted to
+    # HTML need text bars, so the runner asks for them via the environment.
+    if os.environ.get("DIGITOPS_PROGRESS", "auto") == "text":
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm
+
+
+class KerasProgress(keras.callbacks.Callback):
+    """One bar per epoch over its batches, with loss/accuracy in the postfix."""
+
+    def __init__(self, epochs: int, steps: int) -> None:
+        super().__init__()
+        self.epochs, self.steps = epochs, steps
+        self._bar: Any = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._bar = _tqdm()(
+            total=self.steps,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            unit="batch",
+            file=sys.stdout,
+            mininterval=1.0,
+            leave=True,
+        )
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self._bar is None:
+            return
+        logs = logs or {}
+        self._bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if isinstance(v, (int, float))})
+        self._bar.close()
+        self._bar = None

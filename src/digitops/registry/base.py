@@ -1,0 +1,90 @@
+"""The model registry interface (embedded SQLite and Comet backends).
+
+A registered model is a named series of versions. Each version points at the
+run that produced it and carries the SHA256 of its ``.keras`` file, so a
+download can always be verified. At most one version is ``production``.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+NONE, STAGING, PRODUCTION, ARCHIVED = "none", "staging", "production", "archived"
+STATUSES = (NONE, STAGING, PRODUCTION, ARCHIVED)
+
+
+@dataclass
+class ModelVersion:
+    """One registered version of a model."""
+
+    name: str
+    version: str  # semantic version assigned by the registry, e.g. "1.2.0"
+    run_id: str
+    sha256: str
+    status: str = STAGING
+    metrics: dict[str, float] = field(default_factory=dict)
+    created_by: str = ""
+    created_at: str = ""
+    #: where the registry keeps the file (local path or backend URI)
+    uri: str = ""
+    #: a page about this version or its run, when the backend has one
+    url: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RegistryError(Exception):
+    """Unknown model or version, bad status, or a failed verification."""
+
+
+class Registry(abc.ABC):
+    """Versions, statuses and files of registered models."""
+
+    @abc.abstractmethod
+    def register(
+        self,
+        name: str,
+        model_path: str | os.PathLike,
+        run_id: str,
+        *,
+        metrics: dict[str, float] | None = None,
+        status: str = STAGING,
+        bump: str = "minor",
+    ) -> ModelVersion:
+        """Store ``model_path`` as the next version (``bump``: major/minor/patch); never collides."""
+
+    @abc.abstractmethod
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """All versions of ``name``, oldest first."""
+
+    @abc.abstractmethod
+    def get_version(self, name: str, version: str) -> ModelVersion:
+        """One version, or :class:`RegistryError`."""
+
+    @abc.abstractmethod
+    def get_by_status(self, name: str, status: str = PRODUCTION) -> ModelVersion | None:
+        """The newest version with ``status`` (the only one, for production), or None."""
+
+    @abc.abstractmethod
+    def set_status(self, name: str, version: str, status: str) -> ModelVersion:
+        """Set a version's status; setting production archives the previous production."""
+
+    def promote(self, name: str, version: str) -> ModelVersion:
+        """Make ``version`` the production version."""
+        return self.set_status(name, version, PRODUCTION)
+
+    @abc.abstractmethod
+    def rollback(self, name: str) -> ModelVersion:
+        """Make the production version before the current one production again."""
+
+    @abc.abstractmethod
+    def download(
+        self, name: str, dest: str | os.PathLike, *, version: str | None = None, status: str | None = None
+    ) -> Path:
+        """Copy a version's file to ``dest`` (a folder or a ``.keras`` path), checksum verified."""
