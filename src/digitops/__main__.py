@@ -1,0 +1,5 @@
+"""``python -m digitops`` is the ``digitops`` command."""
+
+from digitops.cli import main
+
+main()

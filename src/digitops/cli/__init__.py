@@ -1,0 +1,50 @@
+"""The ``digitops`` command line: one subcommand per stage, shared by CI, the Makefile and people."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from digitops import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="digitops")
+def cli() -> None:
+    """Notebook-first MLOps for a handwritten-digit recogniser.
+
+    \b
+    Typical flow:
+      digitops data fetch                 # verified MNIST into ~/.cache/digitops
+      digitops pipeline --profile quick   # train -> evaluate -> compare -> report -> register
+      digitops registry list              # versions and their status
+      digitops dashboard                  # draw a digit, see the production model's guess
+
+    Runs are tracked in .digitops/ (SQLite) unless COMET_API_KEY is set; reports
+    are published to GitLab when GITLAB_TOKEN is set.
+    """
+
+
+def _add_commands() -> None:
+    # Each stage keeps its commands in its own module under digitops.cli.
+    from digitops.cli import run as run_cmds
+
+    for command in run_cmds.COMMANDS:
+        cli.add_command(command)
+    from digitops.cli import dashboard as dashboard_cmds
+
+    for command in dashboard_cmds.COMMANDS:
+        cli.add_command(command)
+    from digitops.cli import publish as publish_cmds
+
+    for command in publish_cmds.COMMANDS:
+        cli.add_command(command)
+
+
+_add_commands()
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(cli.main(standalone_mode=True))

@@ -1,0 +1,179 @@
+"""Execute a stage's notebook with papermill into its run folder and render it as HTML.
+
+The runner owns the run's lifecycle in the tracker: it opens the run before
+the kernel starts (so a kernel that dies early still leaves a record) and
+closes it as finished or failed afterwards. A failing notebook still yields
+its executed ``.ipynb`` and ``.html``, with papermill's banner at the failing
+cell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from digitops import config, params as params_mod, runs
+
+STAGES = ("train", "evaluate")
+#: Parameters only the runner sets; users choose them through CLI arguments.
+RESERVED = ("run_id", "output_dir")
+
+
+class StageFailed(RuntimeError):
+    """A notebook raised; its executed copy and HTML are still written."""
+
+    def __init__(self, result: "StageResult") -> None:
+        self.result = result
+        super().__init__(result.error or "notebook failed")
+
+
+@dataclass
+class StageResult:
+    """What one execution produced."""
+
+    stage: str
+    run_id: str
+    folder: Path
+    notebook: Path
+    html: Path | None
+    ok: bool
+    seconds: float
+    parameters: dict[str, Any] = field(default_factory=dict)
+    #: "cell N: ExcName: message" when the notebook failed
+    error: str | None = None
+    failed_cell: int | None = None
+
+
+def notebooks_dir() -> Path:
+    """``$DIGITOPS_NOTEBOOKS``, else ``./notebooks``, else the checkout this package lives in."""
+    if os.environ.get("DIGITOPS_NOTEBOOKS"):
+        return Path(os.environ["DIGITOPS_NOTEBOOKS"])
+    here = Path("notebooks")
+    if (here / "train.ipynb").is_file():
+        return here
+    return Path(__file__).resolve().parents[2] / "notebooks"
+
+
+def notebook_for(stage: str) -> Path:
+    """The source notebook of ``stage``."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
+    path = notebooks_dir() / f"{stage}.ipynb"
+    if not path.is_file():
+        raise FileNotFoundError(f"notebook for stage {stage!r} not found at {path} (set DIGITOPS_NOTEBOOKS)")
+    return path
+
+
+def check_parameters(stage: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Validate user parameters against the stage's notebook; raise ParameterError before any kernel."""
+    return params_mod.validate(notebook_for(stage), parameters, reserved=RESERVED)
+
+
+@contextlib.contextmanager
+def _kernel_environment() -> Iterator[None]:
+    # The kernel inherits this process' environment: give it text progress bars
+    # (HTML can't show widgets) and this interpreter first on PATH, so the
+    # "python3" kernelspec starts the Python that has digitops installed.
+    saved = {k: os.environ.get(k) for k in ("DIGITOPS_PROGRESS", "PATH", "PYDEVD_DISABLE_FILE_VALIDATION")}
+    os.environ["DIGITOPS_PROGRESS"] = "text"
+    os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def to_html(notebook: Path) -> Path:
+    """Render an executed notebook as a standalone HTML page next to it."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook, as_version=4)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    html = notebook.with_suffix(".html")
+    html.write_text(body, encoding="utf-8")
+    return html
+
+
+def execute(
+    stage: str,
+    parameters: dict[str, Any] | None = None,
+    *,
+    run_id: str | None = None,
+    progress: bool = True,
+    log_output: bool = False,
+    timeout: int | None = None,
+) -> StageResult:
+    """Validate, execute ``notebooks/<stage>.ipynb`` into ``runs/<run_id>/`` and render HTML.
+
+    Raises :class:`~digitops.params.ParameterError` before starting a kernel
+    when parameters are wrong, and :class:`StageFailed` (carrying the result)
+    when the notebook raised.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    source = notebook_for(stage)
+    checked = check_parameters(stage, dict(parameters or {}))
+    run_id = run_id or runs.new_run_id()
+    folder = runs.run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    output = folder / f"{stage}.ipynb"
+    injected = {**checked, "run_id": run_id, "output_dir": str(folder)}
+
+    tracker = _tracker()
+    tracker.start_run(
+        run_id,
+        name=run_id,
+        tags={"stage": stage, **runs.ci_tags()},
+        git_commit=runs.git_commit(),
+        project=config.project_name(),
+    )
+    started = time.perf_counter()
+    error = failed_cell = None
+    try:
+        with _kernel_environment():
+            papermill.execute_notebook(
+                str(source),
+                str(output),
+                parameters=injected,
+                kernel_name="python3",
+                progress_bar=progress,
+                log_output=log_output,
+                execution_timeout=timeout,
+                cwd=os.getcwd(),
+            )
+    except PapermillExecutionError as exc:
+        failed_cell = exc.exec_count
+        error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+    except Exception as exc:  # noqa: BLE001 - kernel death, timeouts: still record and render
+        error = f"{type(exc).__name__}: {exc}"
+    seconds = time.perf_counter() - started
+
+    html = to_html(output) if output.is_file() else None
+    for path in (output, html):
+        if path is not None:
+            tracker.log_artifact(run_id, path)
+    status = "failed" if error else "finished"
+    runs.update_metrics(folder, stages={stage: status})
+    tracker.end_run(run_id, status)
+    result = StageResult(stage, run_id, folder, output, html, error is None, seconds, injected, error, failed_cell)
+    if error:
+        raise StageFailed(result)
+    return result
+
+
+def _tracker() -> Any:
+    from digitops.tracking import get_tracker
+
+    return get_tracker()
