@@ -44,7 +44,7 @@ class StageResult:
     ok: bool
     seconds: float
     parameters: dict[str, Any] = field(default_factory=dict)
-    #: "cell N: ExcName: message" when the notebook failed
+    #: "cell In [N] `first line`: ExcName: message" when the notebook failed
     error: str | None = None
     failed_cell: int | None = None
 
@@ -154,8 +154,10 @@ def execute(
                 cwd=os.getcwd(),
             )
     except PapermillExecutionError as exc:
+        # The execution count is what the HTML shows next to the failing cell.
         failed_cell = exc.exec_count
-        error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+        first_line = next((ln for ln in (exc.source or "").splitlines() if ln.strip()), "").strip()
+        error = f"cell In [{exc.exec_count}] `{first_line[:80]}`: {exc.ename}: {exc.evalue}"
     except Exception as exc:  # noqa: BLE001 - kernel death, timeouts: still record and render
         error = f"{type(exc).__name__}: {exc}"
     seconds = time.perf_counter() - started

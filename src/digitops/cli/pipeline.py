@@ -1,0 +1,79 @@
+"""``digitops pipeline``: every stage of a run in one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from digitops.cli.run import collect_parameters, param_options
+from digitops.cli.tracking import _gate, gate_options
+
+EXIT_GATE_FAILED, EXIT_ERROR, EXIT_NOTEBOOK_FAILED = 1, 2, 3
+
+
+@click.command("pipeline")
+@param_options
+@click.option("--profile", default="quick", show_default=True, help="Training parameter set: quick, ci or full.")
+@gate_options
+@click.option("--promote", is_flag=True, help="Make the new version production when the gate passes.")
+@click.option("--no-register", is_flag=True, help="Stop after the report.")
+@click.option("--base-url", help="Absolute URL of the run folder, for links in the report (CI sets this).")
+@click.option("-v", "--log-output", is_flag=True, help="Stream the notebooks' output here.")
+def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], profile: str, metric: str,
+                 floor: str | None, tolerance: float | None, lower_is_better: bool, model_name: str | None,
+                 promote: bool, no_register: bool, base_url: str | None, log_output: bool) -> None:
+    """Train -> evaluate -> compare -> report -> register (as staging) [-> promote].
+
+    Training parameters start from --profile and are overridden by -f files and
+    -p pairs, exactly as for `digitops run train`. The candidate is compared with
+    the project's other runs and the production model; it is registered only
+    when the gate passes.
+
+    \b
+    Exit codes: 0 gate passed (and registered), 1 gate failed,
+                2 bad parameters or other error, 3 a notebook failed.
+    """
+    import os
+
+    from digitops import params as params_mod, runner
+    from digitops.pipeline import run_pipeline
+
+    if model_name:
+        os.environ["DIGITOPS_MODEL_NAME"] = model_name
+    parameters = collect_parameters(profile, files, pairs)
+    gate = _gate(floor, tolerance, lower_is_better)
+    try:
+        result = run_pipeline(
+            parameters, gate=gate, metric=metric, register=not no_register, promote=promote,
+            base_url=base_url, log_output=log_output, echo=lambda m: click.secho(m, bold=True),
+        )
+    except params_mod.ParameterError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except runner.StageFailed as exc:
+        res = exc.result
+        click.secho(f"{res.stage} notebook failed at {res.error}", fg="red", err=True)
+        click.echo(f"  HTML (shows the failing cell): {res.html}", err=True)
+        raise SystemExit(EXIT_NOTEBOOK_FAILED) from exc
+
+    c = result.comparison
+    click.echo("")
+    click.secho(c.headline(), fg="green" if c.passed else "red", bold=True)
+    for reason in c.reasons:
+        click.echo(f"  - {reason}")
+    click.echo(f"\nRun {result.run_id}: {result.folder}/")
+    for name in ("train.html", "evaluate.html", "model.keras", "metrics.json"):
+        click.echo(f"  {result.folder / name}")
+    click.echo(f"  report: {result.report['markdown']}  {result.report['html']}")
+    if result.version is not None:
+        status = "production" if result.promoted else result.version.status
+        click.echo(f"Registered {result.version.name} {result.version.version} ({status})")
+    elif not no_register:
+        click.echo("Not registered: the gate failed.")
+    timings = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    click.echo(f"Stages: {timings}")
+    if not c.passed:
+        raise SystemExit(EXIT_GATE_FAILED)
+
+
+COMMANDS = [pipeline_cmd]

@@ -1,0 +1,99 @@
+"""One run end to end: train -> evaluate -> compare -> report -> register (-> promote).
+
+The same stages CI runs as separate jobs, chained in one process for a
+laptop and for the README's main command. Runs and the registry persist
+between invocations, so each pipeline is compared with the ones before it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from digitops import config, runner
+from digitops.compare import Comparison, Gate, compare
+from digitops.registry import PRODUCTION, STAGING, ModelVersion, get_registry
+from digitops.report import write_report
+from digitops.tracking import get_tracker
+
+#: Final metrics copied onto a registered version (the dashboard's model card shows them).
+VERSION_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "train_seconds")
+
+
+@dataclass
+class PipelineResult:
+    """Where a pipeline run left everything."""
+
+    run_id: str
+    folder: Path
+    comparison: Comparison
+    report: dict[str, Path]
+    version: ModelVersion | None = None
+    promoted: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_pipeline(
+    train_params: dict[str, Any],
+    *,
+    evaluate_params: dict[str, Any] | None = None,
+    gate: Gate | None = None,
+    metric: str = "test_accuracy",
+    register: bool = True,
+    promote: bool = False,
+    base_url: str | None = None,
+    progress: bool = True,
+    log_output: bool = False,
+    echo: Callable[[str], None] = print,
+) -> PipelineResult:
+    """Run every stage; raise :class:`runner.StageFailed` if a notebook fails.
+
+    Registers the model as ``staging`` only when the gate passes, and with
+    ``promote`` makes that version production.
+    """
+    seconds: dict[str, float] = {}
+
+    def timed(stage: str, fn: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        echo(f"==> {stage}")
+        out = fn()
+        seconds[stage] = time.perf_counter() - started
+        return out
+
+    trained = timed("train", lambda: runner.execute("train", train_params, progress=progress, log_output=log_output))
+    run_id, folder = trained.run_id, trained.folder
+    timed(
+        "evaluate",
+        lambda: runner.execute(
+            "evaluate", dict(evaluate_params or {}), run_id=run_id, progress=progress, log_output=log_output
+        ),
+    )
+    tracker, registry = get_tracker(), get_registry()
+    comparison = timed(
+        "compare", lambda: compare(run_id, tracker=tracker, registry=registry, metric=metric, gate=gate or Gate.from_env())
+    )
+    report = timed(
+        "report",
+        lambda: write_report(
+            run_id, folder / "report", tracker=tracker, registry=registry, comparison=comparison, base_url=base_url
+        ),
+    )
+    result = PipelineResult(run_id, folder, comparison, report, seconds=seconds)
+    if register and comparison.passed:
+        metrics = tracker.get_run(run_id).metrics
+        result.version = timed(
+            "register",
+            lambda: registry.register(
+                config.model_name(),
+                folder / "model.keras",
+                run_id,
+                metrics={k: metrics[k] for k in VERSION_METRICS if k in metrics},
+                status=STAGING,
+            ),
+        )
+        if promote:
+            result.version = registry.set_status(config.model_name(), result.version.version, PRODUCTION)
+            result.promoted = True
+    return result
