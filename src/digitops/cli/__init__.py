@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -26,20 +27,15 @@ def cli() -> None:
     """
 
 
+#: Modules under digitops.cli, one per area, each exposing ``COMMANDS``.
+COMMAND_MODULES = ("run", "pipeline", "tracking", "registry")
+
+
 def _add_commands() -> None:
-    # Each stage keeps its commands in its own module under digitops.cli.
-    from digitops.cli import run as run_cmds
-
-    for command in run_cmds.COMMANDS:
-        cli.add_command(command)
-    from digitops.cli import dashboard as dashboard_cmds
-
-    for command in dashboard_cmds.COMMANDS:
-        cli.add_command(command)
-    from digitops.cli import publish as publish_cmds
-
-    for command in publish_cmds.COMMANDS:
-        cli.add_command(command)
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"digitops.cli.{name}")
+        for command in module.COMMANDS:
+            cli.add_command(command)
 
 
 _add_commands()

@@ -1,0 +1,290 @@
+"""``digitops runs``, ``digitops compare`` and ``digitops report``: look at runs and judge them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from digitops.compare import (
+    DEFAULT_METRIC,
+    ENV_FLOOR,
+    ENV_METRIC,
+    ENV_TOLERANCE,
+    CompareError,
+    Comparison,
+    Gate,
+    fmt_value,
+    label,
+)
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+
+class CompareCommandError(click.ClickException):
+    """An error of ``compare``/``report``: exit 2, so CI can tell it from a failed gate (1)."""
+
+    exit_code = EXIT_ERROR
+
+
+def _tracker() -> Any:
+    from digitops.tracking import TrackingError, get_tracker
+
+    try:
+        return get_tracker()
+    except TrackingError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _num(metric: str, value: float | None) -> str:
+    return fmt_value(metric, value) if value is not None and not math.isnan(value) else "—"
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+@click.group()
+def runs() -> None:
+    """List and inspect tracked runs."""
+
+
+@runs.command("list")
+@click.option("--project", help="Project to list. Default: $COMET_PROJECT_NAME / $DIGITOPS_PROJECT / digitops.")
+@click.option("--status", type=click.Choice(["running", "finished", "failed"]), help="Only runs with this status.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many runs.")
+@click.option("--metric", default=DEFAULT_METRIC, show_default=True, help="Metric shown per run.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of run records).")
+def runs_list(project: str | None, status: str | None, limit: int, metric: str, as_json: bool) -> None:
+    """Runs of the project, newest first."""
+    from digitops.tracking import TrackingError
+
+    try:
+        found = _tracker().list_runs(project=project, status=status, limit=limit)
+    except TrackingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in found], indent=2, default=str))
+        return
+    if not found:
+        click.echo("no runs yet; start one with `digitops run train`")
+        return
+    rows = [("RUN", "STATUS", "STARTED", "ARCHITECTURE", label(metric).upper())]
+    for r in found:
+        rows.append(
+            (
+                r.run_id,
+                r.status,
+                r.started_at[:19].replace("T", " "),
+                str(r.params.get("architecture", "—")),
+                _num(metric, r.metrics.get(metric)),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@runs.command("show")
+@click.argument("run_id", metavar="RUN")
+@click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
+def runs_show(run_id: str, as_json: bool) -> None:
+    """Everything recorded about RUN: params, metrics, history, artifacts."""
+    from digitops.tracking import TrackingError
+
+    try:
+        run = _tracker().get_run(run_id)
+    except TrackingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(run.to_dict(), indent=2, default=str))
+        return
+    click.echo(f"run:      {run.run_id}  ({run.status})")
+    click.echo(f"project:  {run.project}")
+    click.echo(f"started:  {run.started_at}")
+    click.echo(f"ended:    {run.ended_at or '—'}")
+    click.echo(f"commit:   {run.git_commit or '—'}")
+    click.echo(f"data:     {run.data_checksum or '—'}")
+    if run.url:
+        click.echo(f"url:      {run.url}")
+    for title, mapping in (("params", run.params), ("tags", run.tags)):
+        if mapping:
+            click.echo(f"{title}:")
+            for k in sorted(mapping):
+                click.echo(f"  {k} = {mapping[k]}")
+    if run.metrics:
+        click.echo("metrics:")
+        for k in sorted(run.metrics):
+            click.echo(f"  {k} = {_num(k, run.metrics[k])}")
+    if run.history:
+        click.echo("history (per epoch):")
+        for k in sorted(run.history):
+            click.echo(f"  {k}: " + ", ".join(f"{v:.4g}" for v in run.history[k]))
+    if run.artifacts:
+        click.echo("artifacts:")
+        for k in sorted(run.artifacts):
+            click.echo(f"  {k}: {run.artifacts[k]}")
+
+
+# ---------------------------------------------------------------------------- compare / report
+
+
+def gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options shared by ``compare`` and ``report`` that configure the gate."""
+    options = [
+        click.option(
+            "--metric",
+            envvar=ENV_METRIC,
+            default=DEFAULT_METRIC,
+            show_default=True,
+            help=f"Final metric to judge (env {ENV_METRIC}).",
+        ),
+        click.option(
+            "--floor",
+            help=f"Absolute minimum (a fraction for accuracy: 0.9 = 90 %), 'none' to disable. "
+            f"Default 0.9 or ${ENV_FLOOR}.",
+        ),
+        click.option(
+            "--tolerance",
+            type=float,
+            help=f"How far below production the candidate may be (0.002 = 0.2 points). "
+            f"Default 0.002 or ${ENV_TOLERANCE}.",
+        ),
+        click.option(
+            "--lower-is-better", is_flag=True, help="The metric improves downwards (a loss): the floor is a ceiling."
+        ),
+        click.option("--model-name", help="Registered model whose production version is the baseline."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _gate(floor: str | None, tolerance: float | None, lower_is_better: bool) -> Gate:
+    try:
+        gate = Gate.from_env(tolerance=tolerance, higher_is_better=False if lower_is_better else None)
+        if floor is not None:
+            off = floor.strip().lower() in ("none", "off")
+            gate = dataclasses.replace(gate, floor=None if off else float(floor))
+        return gate
+    except ValueError:
+        raise CompareCommandError(f"--floor must be a number or 'none', got {floor!r}") from None
+    except CompareError as exc:
+        raise CompareCommandError(str(exc)) from exc
+
+
+def _compare(run_id: str, metric: str, gate: Gate, model_name: str | None) -> Comparison:
+    from digitops import compare as compare_mod
+    from digitops.registry import RegistryError
+    from digitops.tracking import TrackingError
+
+    try:
+        return compare_mod.compare(run_id, metric=metric, gate=gate, model_name=model_name)
+    except (CompareError, TrackingError, RegistryError) as exc:
+        raise CompareCommandError(str(exc)) from exc
+
+
+def _print_comparison(c: Comparison) -> None:
+    click.echo(c.headline())
+    click.echo(f"gate: {c.gate.describe(c.metric)}")
+    for reason in c.reasons:
+        click.echo(f"  - {reason}")
+
+
+@click.command("compare")
+@click.argument("run_id", metavar="RUN")
+@gate_options
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare_cmd(
+    run_id: str,
+    metric: str,
+    floor: str | None,
+    tolerance: float | None,
+    lower_is_better: bool,
+    model_name: str | None,
+    as_json: bool,
+) -> None:
+    """Compare RUN with the project's other finished runs and the production model.
+
+    The candidate passes when its metric is at least the floor and at least
+    the production version's value minus the tolerance (only the floor
+    counts while there is no production version). The project mean and best
+    (other finished runs on the same dataset) are shown, not gated.
+
+    \b
+    Exit status:
+      0  the candidate passes the gate
+      1  the candidate fails the gate
+      2  error: unknown run, missing metric, bad option
+    """
+    gate = _gate(floor, tolerance, lower_is_better)
+    c = _compare(run_id, metric, gate, model_name)
+    if as_json:
+        click.echo(json.dumps(c.to_dict(), indent=2, default=str))
+    else:
+        _print_comparison(c)
+    sys.exit(EXIT_PASS if c.passed else EXIT_FAIL)
+
+
+@click.command("report")
+@click.argument("run_id", metavar="RUN")
+@gate_options
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for report.md, report.html and comparison.json. Default: the run folder.",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with the run's images and notebooks. Default: $DIGITOPS_RUNS/RUN.",
+)
+@click.option(
+    "--base-url",
+    envvar="DIGITOPS_REPORT_BASE_URL",
+    help="URL of the run folder (e.g. the CI job's artifacts); links become absolute under it. "
+    "Env DIGITOPS_REPORT_BASE_URL.",
+)
+@click.option("--exit-code", is_flag=True, help="Exit 1 when the gate fails (default: 0 once written).")
+def report_cmd(
+    run_id: str,
+    metric: str,
+    floor: str | None,
+    tolerance: float | None,
+    lower_is_better: bool,
+    model_name: str | None,
+    out_dir: Path | None,
+    run_dir: Path | None,
+    base_url: str | None,
+    exit_code: bool,
+) -> None:
+    """Write RUN's report: Markdown for the MR note, a standalone HTML page and the comparison as JSON.
+
+    \b
+    Exit status:
+      0  report written (and, with --exit-code, the gate passed)
+      1  with --exit-code: report written, the gate failed
+      2  error: unknown run, missing metric, bad option
+    """
+    from digitops import report as report_mod
+
+    gate = _gate(floor, tolerance, lower_is_better)
+    c = _compare(run_id, metric, gate, model_name)
+    try:
+        paths = report_mod.write_report(
+            run_id, out_dir, comparison=c, base_url=base_url, run_dir=run_dir, model_name=model_name
+        )
+    except OSError as exc:
+        raise CompareCommandError(f"cannot write the report: {exc}") from exc
+    click.echo(c.headline())
+    for kind, path in paths.items():
+        click.echo(f"{kind}: {path}")
+    sys.exit(EXIT_FAIL if exit_code and not c.passed else EXIT_PASS)
+
+
+COMMANDS = [runs, compare_cmd, report_cmd]

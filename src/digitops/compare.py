@@ -1,0 +1,428 @@
+"""Compare a candidate run with the project's other runs and the production model.
+
+The candidate's metric is set against three baselines: the mean and the best
+of the project's *other finished* runs on the same dataset (same data
+checksum), and the current production version in the registry. Deltas are
+``candidate - baseline``, so for accuracy a positive delta is an improvement.
+
+A :class:`Gate` turns that into a verdict. For a higher-is-better metric the
+candidate passes when it is ``>= floor`` and ``>= production - tolerance``
+(only the floor counts while there is no production model); for a
+lower-is-better metric both comparisons flip. Exact ties pass. The project
+mean and best are reported but do not gate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from digitops import config
+from digitops.registry.base import PRODUCTION, ModelVersion, Registry, RegistryError
+from digitops.tracking.base import FAILED, RunRecord, Tracker, TrackingError
+
+PASS, FAIL = "pass", "fail"
+DEFAULT_METRIC = "test_accuracy"
+#: shown in the report next to the gate metric when the candidate has them
+DEFAULT_EXTRA_METRICS: tuple[str, ...] = ("test_loss", "val_accuracy", "train_seconds")
+#: float noise allowance so that ``0.99 - 0.002`` still ties with ``0.988``
+_EPS = 1e-9
+
+ENV_FLOOR = "DIGITOPS_GATE_FLOOR"
+ENV_TOLERANCE = "DIGITOPS_GATE_TOLERANCE"
+ENV_METRIC = "DIGITOPS_GATE_METRIC"
+
+
+class CompareError(Exception):
+    """The comparison cannot be made (unknown run, missing metric, bad gate)."""
+
+
+# -- formatting shared with the report -----------------------------------------------
+
+
+def is_fraction_metric(metric: str) -> bool:
+    """Accuracy-like metrics are fractions shown as percentages and deltas in points."""
+    return "accuracy" in metric or metric.endswith(("precision", "recall", "f1"))
+
+
+def higher_is_better_default(metric: str) -> bool:
+    """Losses, errors and durations improve downwards; everything else upwards."""
+    return not metric.endswith(("loss", "error", "seconds", "_time"))
+
+
+def label(metric: str) -> str:
+    """``test_accuracy`` -> ``test accuracy``."""
+    return metric.replace("_", " ")
+
+
+def fmt_value(metric: str, value: float | None) -> str:
+    """A metric value for people: ``99.12 %``, ``0.0312``, ``12.3 s``, ``—`` when missing."""
+    if value is None:
+        return "—"
+    if math.isnan(value):
+        return "NaN"
+    if is_fraction_metric(metric):
+        return f"{value * 100:.2f} %"
+    if metric.endswith("seconds"):
+        return f"{value:.1f} s"
+    return f"{value:.4g}"
+
+
+def fmt_delta(metric: str, delta: float | None) -> str:
+    """A signed difference: ``+0.31 pts``, ``-0.0040``, ``±0.00 pts``, ``—`` when missing."""
+    if delta is None:
+        return "—"
+    if math.isnan(delta):
+        return "NaN"
+    if is_fraction_metric(metric):
+        pts = delta * 100
+        return "±0.00 pts" if round(pts, 2) == 0 else f"{pts:+.2f} pts"
+    if metric.endswith("seconds"):
+        return "±0.0 s" if round(delta, 1) == 0 else f"{delta:+.1f} s"
+    return "±0" if delta == 0 else f"{delta:+.4g}"
+
+
+def fmt_amount(metric: str, amount: float) -> str:
+    """An unsigned size of a difference (tolerances): ``0.20 pts``."""
+    if is_fraction_metric(metric):
+        return f"{amount * 100:.2f} pts"
+    return f"{amount:.4g}"
+
+
+# -- gate -----------------------------------------------------------------------------
+
+
+@dataclass
+class Gate:
+    """Pass when ``candidate >= floor`` and ``candidate >= production - tolerance``.
+
+    With ``higher_is_better=False`` (losses) the floor is a ceiling and the
+    tolerance is added to production instead. ``floor=None`` disables it.
+    """
+
+    floor: float | None = 0.9
+    tolerance: float = 0.002
+    higher_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tolerance < 0 or math.isnan(self.tolerance):
+            raise CompareError(f"the gate tolerance must be >= 0, got {self.tolerance}")
+        if self.floor is not None and math.isnan(self.floor):
+            raise CompareError("the gate floor must be a number or unset, got NaN")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Gate":
+        """Defaults, then ``$DIGITOPS_GATE_FLOOR`` / ``$DIGITOPS_GATE_TOLERANCE``, then non-None ``overrides``.
+
+        A floor of ``none`` (or ``off``) disables the floor; so does
+        ``higher_is_better=False`` without an explicit floor.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        raw_floor = env.get(ENV_FLOOR, "").strip()
+        if raw_floor:
+            values["floor"] = None if raw_floor.lower() in ("none", "off") else _env_float(ENV_FLOOR, raw_floor)
+        raw_tol = env.get(ENV_TOLERANCE, "").strip()
+        if raw_tol:
+            values["tolerance"] = _env_float(ENV_TOLERANCE, raw_tol)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("higher_is_better") is False and "floor" not in values:
+            values["floor"] = None  # the 0.9 default is an accuracy floor, meaningless as a loss ceiling
+        return cls(**values)
+
+    def describe(self, metric: str) -> str:
+        """The rule in words, e.g. ``test accuracy ≥ production − 0.20 pts and ≥ 90.00 % (floor)``."""
+        ge = "≥" if self.higher_is_better else "≤"
+        sign = "−" if self.higher_is_better else "+"
+        parts = [f"{label(metric)} {ge} production {sign} {fmt_amount(metric, self.tolerance)}"]
+        if self.floor is not None:
+            parts.append(f"{ge} {fmt_value(metric, self.floor)} ({'floor' if self.higher_is_better else 'ceiling'})")
+        return " and ".join(parts)
+
+
+def _env_float(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise CompareError(f"${name} must be a number, got {raw!r}") from None
+
+
+# -- result -----------------------------------------------------------------------------
+
+
+@dataclass
+class MetricRow:
+    """One metric of the candidate against the three baselines (deltas: candidate - baseline)."""
+
+    metric: str
+    higher_is_better: bool
+    candidate: float | None
+    count: int = 0
+    mean: float | None = None
+    best: float | None = None
+    best_run_id: str | None = None
+    production: float | None = None
+    delta_mean: float | None = None
+    delta_best: float | None = None
+    delta_production: float | None = None
+
+
+@dataclass
+class Comparison:
+    """The candidate against project mean/best and production, with the gate's verdict."""
+
+    run_id: str
+    project: str
+    model_name: str
+    metric: str
+    candidate: float
+    gate: Gate
+    data_checksum: str | None
+    project_count: int
+    project_mean: float | None
+    project_best: float | None
+    project_best_run_id: str | None
+    production_version: str | None
+    production_run_id: str | None
+    production_value: float | None
+    #: signed ``candidate - baseline`` for "mean", "best" and "production" (None: no baseline)
+    deltas: dict[str, float | None]
+    verdict: str
+    #: human sentences explaining the verdict, most important first
+    reasons: list[str]
+    rows: list[MetricRow] = field(default_factory=list)
+    production_url: str | None = None
+    #: parameters of the production version's run, when the tracker knows that run
+    production_params: dict[str, Any] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def headline(self) -> str:
+        """One line, e.g. ``✅ Candidate passes the gate: test accuracy 99.12 % (+0.31 pts vs production 1.2.0)``."""
+        mark, word = ("✅", "passes") if self.passed else ("❌", "fails")
+        value = f"{label(self.metric)} {fmt_value(self.metric, self.candidate)}"
+        if self.production_version is not None and self.production_value is not None:
+            ctx = f"{fmt_delta(self.metric, self.deltas['production'])} vs production {self.production_version}"
+        elif self.production_version is not None:
+            ctx = f"production {self.production_version} has no {label(self.metric)}"
+        else:
+            ctx = "no production model yet"
+        if self.gate.floor is not None and self.production_value is None:
+            which = "floor" if self.gate.higher_is_better else "ceiling"
+            ctx += f"; {which} {fmt_value(self.metric, self.gate.floor)}"
+        return f"{mark} Candidate {word} the gate: {value} ({ctx})"
+
+
+# -- comparison -------------------------------------------------------------------------
+
+
+def _delta(candidate: float | None, other: float | None) -> float | None:
+    if candidate is None or other is None:
+        return None
+    return candidate - other
+
+
+def _production_run(tracker: Tracker, prod: ModelVersion | None) -> RunRecord | None:
+    if prod is None:
+        return None
+    try:
+        return tracker.get_run(prod.run_id)
+    except TrackingError:
+        return None  # registered from another tracker (or its runs were pruned)
+
+
+def compare(
+    run_id: str,
+    *,
+    tracker: Tracker | None = None,
+    registry: Registry | None = None,
+    metric: str = DEFAULT_METRIC,
+    gate: Gate | None = None,
+    model_name: str | None = None,
+    extra_metrics: Sequence[str] = DEFAULT_EXTRA_METRICS,
+) -> Comparison:
+    """Compare run ``run_id`` on ``metric`` and judge it with ``gate`` (see the module docstring).
+
+    Raises :class:`CompareError` when the run is unknown or failed, or lacks ``metric``.
+    """
+    if tracker is None:
+        from digitops.tracking import get_tracker
+
+        tracker = get_tracker()
+    if registry is None:
+        from digitops.registry import get_registry
+
+        registry = get_registry()
+    gate = gate or Gate()
+    model_name = model_name or config.model_name()
+    if is_fraction_metric(metric) and gate.floor is not None and not 0 <= gate.floor <= 1:
+        raise CompareError(
+            f"the floor {gate.floor} is not a fraction; {label(metric)} is between 0 and 1 "
+            f"(write 0.9 for 90 %)"
+        )
+
+    try:
+        run = tracker.get_run(run_id)
+    except TrackingError as exc:
+        raise CompareError(str(exc)) from exc
+    if run.status == FAILED:
+        raise CompareError(f"run {run_id!r} failed; there is no model to compare")
+    if metric not in run.metrics:
+        have = ", ".join(sorted(run.metrics)) or "none"
+        raise CompareError(
+            f"run {run_id!r} has no final metric {metric!r} (it has: {have}); was it evaluated?"
+        )
+    candidate = float(run.metrics[metric])
+
+    try:
+        prod = registry.get_by_status(model_name, PRODUCTION)
+    except RegistryError as exc:
+        raise CompareError(f"cannot read the production version of {model_name!r}: {exc}") from exc
+    prod_run = _production_run(tracker, prod)
+
+    def production_value(name: str) -> float | None:
+        if prod is None:
+            return None
+        if name in prod.metrics:
+            return float(prod.metrics[name])
+        if prod_run is not None and name in prod_run.metrics:
+            return float(prod_run.metrics[name])
+        return None
+
+    rows: list[MetricRow] = []
+    for name in dict.fromkeys([metric, *extra_metrics]):
+        if name not in run.metrics:
+            continue
+        hib = gate.higher_is_better if name == metric else higher_is_better_default(name)
+        try:
+            summary = tracker.metric_summary(
+                name,
+                project=run.project,
+                exclude=[run_id],
+                data_checksum=run.data_checksum,
+                higher_is_better=hib,
+            )
+        except TrackingError as exc:
+            raise CompareError(f"cannot summarise {name!r} over project {run.project!r}: {exc}") from exc
+        value = float(run.metrics[name])
+        pv = production_value(name)
+        rows.append(
+            MetricRow(
+                metric=name,
+                higher_is_better=hib,
+                candidate=value,
+                count=summary.count,
+                mean=summary.mean,
+                best=summary.best,
+                best_run_id=summary.best_run_id,
+                production=pv,
+                delta_mean=_delta(value, summary.mean),
+                delta_best=_delta(value, summary.best),
+                delta_production=_delta(value, pv),
+            )
+        )
+    main = rows[0]
+    verdict, reasons = _judge(metric, candidate, gate, prod, main.production, main.delta_production)
+    reasons.append(_project_sentence(run, main))
+    if (
+        prod is not None
+        and prod_run is not None
+        and run.data_checksum
+        and prod_run.data_checksum not in (None, run.data_checksum)
+    ):
+        reasons.append(
+            f"Production {prod.version} was evaluated on a different dataset "
+            f"(data checksum {prod_run.data_checksum} vs {run.data_checksum})."
+        )
+
+    return Comparison(
+        run_id=run_id,
+        project=run.project,
+        model_name=model_name,
+        metric=metric,
+        candidate=candidate,
+        gate=gate,
+        data_checksum=run.data_checksum,
+        project_count=main.count,
+        project_mean=main.mean,
+        project_best=main.best,
+        project_best_run_id=main.best_run_id,
+        production_version=prod.version if prod else None,
+        production_run_id=prod.run_id if prod else None,
+        production_value=main.production,
+        deltas={"mean": main.delta_mean, "best": main.delta_best, "production": main.delta_production},
+        verdict=verdict,
+        reasons=reasons,
+        rows=rows,
+        production_url=(prod.url if prod and prod.url else (prod_run.url if prod_run else None)),
+        production_params=dict(prod_run.params) if prod_run is not None else None,
+    )
+
+
+def _judge(
+    metric: str,
+    candidate: float,
+    gate: Gate,
+    prod: ModelVersion | None,
+    prod_value: float | None,
+    delta: float | None,
+) -> tuple[str, list[str]]:
+    """The verdict and its reasons (gate failures first)."""
+    name, shown = label(metric), fmt_value(metric, candidate)
+    failures: list[str] = []
+    notes: list[str] = []
+    if math.isnan(candidate):
+        return FAIL, [f"The candidate's {name} is not a number (NaN): training diverged or evaluation failed."]
+
+    if gate.floor is not None:
+        limit = fmt_value(metric, gate.floor)
+        if gate.higher_is_better:
+            ok = candidate >= gate.floor - _EPS
+            text = f"{name} {shown} is {'at or above' if ok else 'below'} the floor {limit}."
+        else:
+            ok = candidate <= gate.floor + _EPS
+            text = f"{name} {shown} is {'at or below' if ok else 'above'} the ceiling {limit}."
+        (notes if ok else failures).append(text[0].upper() + text[1:])
+
+    if prod is None:
+        notes.insert(
+            0,
+            "No production model yet: judged by the floor only."
+            if gate.floor is not None
+            else "No production model yet and no floor set: nothing to judge against.",
+        )
+    elif prod_value is None or delta is None or math.isnan(prod_value):
+        notes.insert(0, f"Production {prod.version} has no {name} recorded: judged by the floor only.")
+    else:
+        tol = fmt_amount(metric, gate.tolerance)
+        ref = f"production {prod.version} ({fmt_value(metric, prod_value)})"
+        # ``gain`` > 0 means better than production, whichever direction is better.
+        gain = delta if gate.higher_is_better else -delta
+        size = fmt_amount(metric, abs(delta))
+        if abs(delta) <= _EPS:
+            notes.insert(0, f"{name.capitalize()} ties with {ref}.")
+        elif gain > 0:
+            notes.insert(0, f"{name.capitalize()} is {size} better than {ref}.")
+        elif gain >= -gate.tolerance - _EPS:
+            notes.insert(0, f"{name.capitalize()} is {size} worse than {ref}, within the tolerance of {tol}.")
+        else:
+            failures.insert(0, f"{name.capitalize()} is {size} worse than {ref}, more than the tolerance of {tol}.")
+    return (FAIL if failures else PASS), failures + notes
+
+
+def _project_sentence(run: RunRecord, row: MetricRow) -> str:
+    where = f"project {run.project!r}" + (" on the same dataset" if run.data_checksum else "")
+    if row.count == 0:
+        return f"No other finished runs in {where} yet."
+    return (
+        f"Against {row.count} other finished run{'s' if row.count != 1 else ''} in {where}: "
+        f"mean {fmt_value(row.metric, row.mean)} ({fmt_delta(row.metric, row.delta_mean)}), "
+        f"best {fmt_value(row.metric, row.best)} ({fmt_delta(row.metric, row.delta_best)}, run {row.best_run_id})."
+    )

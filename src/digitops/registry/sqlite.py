@@ -1,0 +1,471 @@
+"""The embedded model registry: one SQLite file plus a folder of model files.
+
+Layout (defaults, under ``$DIGITOPS_HOME``, default ``.digitops``)::
+
+    registry.db                              versions, promotions history
+    models/<name>/<version>/model.keras      the registered files
+
+Versions are semantic versions assigned here: the next version bumps the
+newest one (``minor`` by default), starting from 0.0.0, so the first
+registration is ``0.1.0``, then ``0.2.0``, ...; ``--bump major`` gives
+``1.0.0``, ``--bump patch`` ``0.2.1``. The newest version is read and the
+new row inserted in one ``BEGIN IMMEDIATE`` transaction and ``(name,
+version)`` is UNIQUE, so two processes registering at the same moment get
+distinct versions.
+
+At most one version per model is ``production`` (a partial unique index
+enforces it). Each promotion is recorded with the version it replaced;
+:meth:`SqliteRegistry.rollback` undoes the latest promotion that is still in
+effect, so repeated rollbacks walk back through earlier production versions.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import zipfile
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from digitops import _sqlite, config
+from digitops.registry.base import (
+    ARCHIVED,
+    NONE,
+    PRODUCTION,
+    STAGING,
+    STATUSES,
+    ModelVersion,
+    Registry,
+    RegistryError,
+)
+
+SCHEMA_VERSION = 1
+BUMPS = ("major", "minor", "patch")
+MODEL_FILE = "model.keras"
+
+_SCHEMA_V1 = """
+CREATE TABLE versions (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    major INTEGER NOT NULL,
+    minor INTEGER NOT NULL,
+    patch INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('none', 'staging', 'production', 'archived')),
+    metrics TEXT NOT NULL DEFAULT '{}',
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    url TEXT,
+    tags TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (name, version),
+    UNIQUE (name, major, minor, patch)
+);
+CREATE UNIQUE INDEX one_production ON versions (name) WHERE status = 'production';
+CREATE TABLE promotions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,       -- became production
+    previous TEXT,               -- was production before (NULL: none)
+    action TEXT NOT NULL CHECK (action IN ('promote', 'rollback')),
+    undone INTEGER NOT NULL DEFAULT 0,  -- 1 once a rollback reverted this promotion
+    at TEXT NOT NULL,
+    by TEXT NOT NULL
+);
+CREATE INDEX promotions_by_name ON promotions (name, version);
+"""
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+
+
+def _migrate(con: sqlite3.Connection, from_version: int) -> None:
+    if from_version == 0:
+        _sqlite.run_script(con, _SCHEMA_V1)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def current_user() -> str:
+    """Who registers: ``$GITLAB_USER_LOGIN`` in CI, else the OS user."""
+    login = os.environ.get("GITLAB_USER_LOGIN")
+    if login:
+        return login
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "unknown"
+
+
+def next_version(latest: tuple[int, int, int] | None, bump: str = "minor") -> tuple[int, int, int]:
+    """The version after ``latest`` (``None``: nothing registered yet, counts as 0.0.0)."""
+    major, minor, patch = latest or (0, 0, 0)
+    if bump == "major":
+        return (major + 1, 0, 0)
+    if bump == "minor":
+        return (major, minor + 1, 0)
+    if bump == "patch":
+        return (major, minor, patch + 1)
+    raise RegistryError(f"unknown bump {bump!r}; choose one of: {', '.join(BUMPS)}")
+
+
+def _looks_like_keras(path: Path) -> bool:
+    # A cheap structural check (no Keras import): Keras 3 writes a zip holding config.json.
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "config.json" in z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _check_name(name: str) -> None:
+    if not _NAME_RE.match(name or ""):
+        raise RegistryError(
+            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (it names a folder)"
+        )
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise RegistryError(f"unknown status {status!r}; choose one of: {', '.join(STATUSES)}")
+
+
+def _row_to_version(row: sqlite3.Row) -> ModelVersion:
+    return ModelVersion(
+        name=row["name"],
+        version=row["version"],
+        run_id=row["run_id"],
+        sha256=row["sha256"],
+        status=row["status"],
+        metrics=json.loads(row["metrics"]),
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+        uri=row["uri"],
+        url=row["url"],
+        tags=json.loads(row["tags"]),
+    )
+
+
+class SqliteRegistry(Registry):
+    """Registry backed by one SQLite file and a model folder (see the module docstring)."""
+
+    def __init__(
+        self, db_path: str | os.PathLike | None = None, store_dir: str | os.PathLike | None = None
+    ) -> None:
+        self.db_path = Path(db_path) if db_path is not None else config.home() / "registry.db"
+        self.store_dir = Path(store_dir) if store_dir is not None else config.home() / "models"
+        _sqlite.init_db(self.db_path, SCHEMA_VERSION, _migrate, "registry", RegistryError)
+
+    def __repr__(self) -> str:
+        return f"SqliteRegistry(db_path={str(self.db_path)!r})"
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            return _sqlite.connect(self.db_path)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot open the registry database {self.db_path}: {exc}") from exc
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+        with closing(self._connect()) as con:
+            try:
+                return con.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+
+    # -- register -----------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        model_path: str | os.PathLike,
+        run_id: str,
+        *,
+        metrics: dict[str, float] | None = None,
+        status: str = STAGING,
+        bump: str = "minor",
+    ) -> ModelVersion:
+        """Store ``model_path`` as the next version of ``name`` (``bump``: major/minor/patch).
+
+        ``status`` may be ``production`` to register and promote in one step.
+        """
+        _check_name(name)
+        _check_status(status)
+        if status == ARCHIVED:
+            raise RegistryError("a new version cannot start archived; register it, then archive it")
+        if bump not in BUMPS:
+            raise RegistryError(f"unknown bump {bump!r}; choose one of: {', '.join(BUMPS)}")
+        src = Path(model_path)
+        if not src.is_file():
+            raise RegistryError(f"cannot register {src}: no such file")
+        if src.suffix != ".keras":
+            raise RegistryError(f"cannot register {src}: models are registered as .keras files")
+        if not _looks_like_keras(src):
+            raise RegistryError(
+                f"cannot register {src}: not a Keras 3 model file (a zip with config.json); "
+                "save it with digitops.model.save"
+            )
+        metrics_json = json.dumps({str(k): float(v) for k, v in (metrics or {}).items()}, sort_keys=True)
+
+        # Copy (slow, outside the lock) into the model's folder, then verify the copy.
+        model_dir = self.store_dir / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        digest = sha256_file(src)
+        fd, tmp_name = tempfile.mkstemp(dir=model_dir, prefix=".incoming-", suffix=".keras")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            shutil.copyfile(src, tmp)
+            copied = sha256_file(tmp)
+            if copied != digest:
+                raise RegistryError(
+                    f"copy of {src} changed while registering: source sha256 {digest}, copy {copied}"
+                )
+            size = tmp.stat().st_size
+            user, now = current_user(), _sqlite.utc_now()
+            with closing(self._connect()) as con:
+                try:
+                    with _sqlite.transaction(con):
+                        row = con.execute(
+                            "SELECT major, minor, patch FROM versions WHERE name = ?"
+                            " ORDER BY major DESC, minor DESC, patch DESC LIMIT 1",
+                            (name,),
+                        ).fetchone()
+                        latest = (row["major"], row["minor"], row["patch"]) if row else None
+                        major, minor, patch = next_version(latest, bump)
+                        version = f"{major}.{minor}.{patch}"
+                        dest = model_dir / version / MODEL_FILE
+                        con.execute(
+                            "INSERT INTO versions (name, version, major, minor, patch, run_id, sha256, size,"
+                            " status, metrics, created_by, created_at, uri) VALUES"
+                            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                name,
+                                version,
+                                major,
+                                minor,
+                                patch,
+                                run_id,
+                                digest,
+                                size,
+                                NONE if status == PRODUCTION else status,
+                                metrics_json,
+                                user,
+                                now,
+                                str(dest.resolve()),
+                            ),
+                        )
+                        if status == PRODUCTION:
+                            self._promote(con, name, version, user)
+                        # Placed while holding the lock: the version is ours, and a folder left
+                        # by a registration that crashed before committing may be overwritten.
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(tmp, dest)
+                except sqlite3.Error as exc:
+                    raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self.get_version(name, version)
+
+    # -- reads --------------------------------------------------------------------
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """All versions of ``name``, oldest first (by semantic version)."""
+        rows = self._query(
+            "SELECT * FROM versions WHERE name = ? ORDER BY major, minor, patch", (name,)
+        )
+        return [_row_to_version(r) for r in rows]
+
+    def list_models(self) -> list[str]:
+        """Names of all registered models."""
+        return [r["name"] for r in self._query("SELECT DISTINCT name FROM versions ORDER BY name", ())]
+
+    def get_version(self, name: str, version: str) -> ModelVersion:
+        """One version, or :class:`RegistryError` naming the known ones."""
+        rows = self._query("SELECT * FROM versions WHERE name = ? AND version = ?", (name, version))
+        if rows:
+            return _row_to_version(rows[0])
+        known = [v.version for v in self.list_versions(name)]
+        if not known:
+            raise RegistryError(f"model {name!r} has no registered versions in {self.db_path}")
+        raise RegistryError(f"model {name!r} has no version {version!r}; known: {', '.join(known)}")
+
+    def get_by_status(self, name: str, status: str = PRODUCTION) -> ModelVersion | None:
+        """The newest version with ``status`` (the only one, for production), or None."""
+        _check_status(status)
+        rows = self._query(
+            "SELECT * FROM versions WHERE name = ? AND status = ?"
+            " ORDER BY major DESC, minor DESC, patch DESC LIMIT 1",
+            (name, status),
+        )
+        return _row_to_version(rows[0]) if rows else None
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Promotions and rollbacks of ``name``, oldest first."""
+        rows = self._query(
+            "SELECT version, previous, action, undone, at, by FROM promotions WHERE name = ? ORDER BY id",
+            (name,),
+        )
+        return [dict(r) | {"undone": bool(r["undone"])} for r in rows]
+
+    # -- statuses -----------------------------------------------------------------
+
+    def _promote(self, con: sqlite3.Connection, name: str, version: str, user: str) -> None:
+        """Inside a transaction: archive the current production and promote ``version``."""
+        cur = con.execute(
+            "SELECT version FROM versions WHERE name = ? AND status = ?", (name, PRODUCTION)
+        ).fetchone()
+        previous = cur["version"] if cur else None
+        if previous == version:
+            return
+        if previous is not None:
+            con.execute(
+                "UPDATE versions SET status = ? WHERE name = ? AND version = ?", (ARCHIVED, name, previous)
+            )
+        con.execute(
+            "UPDATE versions SET status = ? WHERE name = ? AND version = ?", (PRODUCTION, name, version)
+        )
+        con.execute(
+            "INSERT INTO promotions (name, version, previous, action, at, by) VALUES (?, ?, ?, 'promote', ?, ?)",
+            (name, version, previous, _sqlite.utc_now(), user),
+        )
+
+    def set_status(self, name: str, version: str, status: str) -> ModelVersion:
+        """Set a version's status; setting production archives the previous production."""
+        _check_status(status)
+        with closing(self._connect()) as con:
+            try:
+                with _sqlite.transaction(con):
+                    if (
+                        con.execute(
+                            "SELECT 1 FROM versions WHERE name = ? AND version = ?", (name, version)
+                        ).fetchone()
+                        is None
+                    ):
+                        raise LookupError
+                    if status == PRODUCTION:
+                        self._promote(con, name, version, current_user())
+                    else:
+                        con.execute(
+                            "UPDATE versions SET status = ? WHERE name = ? AND version = ?",
+                            (status, name, version),
+                        )
+            except LookupError:
+                return self.get_version(name, version)  # raises, naming the known versions
+            except sqlite3.Error as exc:
+                raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+        return self.get_version(name, version)
+
+    def rollback(self, name: str) -> ModelVersion:
+        """Make the production version before the current one production again.
+
+        The current one becomes ``archived``. Repeating walks further back.
+        """
+        with closing(self._connect()) as con:
+            try:
+                with _sqlite.transaction(con):
+                    cur = con.execute(
+                        "SELECT version FROM versions WHERE name = ? AND status = ?", (name, PRODUCTION)
+                    ).fetchone()
+                    if cur is None:
+                        raise RegistryError(
+                            f"model {name!r} has no production version to roll back from; "
+                            "promote one with `digitops registry promote VERSION`"
+                        )
+                    current = cur["version"]
+                    promo = con.execute(
+                        "SELECT id, previous FROM promotions WHERE name = ? AND version = ?"
+                        " AND action = 'promote' AND undone = 0 ORDER BY id DESC LIMIT 1",
+                        (name, current),
+                    ).fetchone()
+                    if promo is None or promo["previous"] is None:
+                        raise RegistryError(
+                            f"model {name!r}: production version {current} has no earlier production "
+                            "version to roll back to"
+                        )
+                    target = promo["previous"]
+                    con.execute(
+                        "UPDATE versions SET status = ? WHERE name = ? AND version = ?",
+                        (ARCHIVED, name, current),
+                    )
+                    con.execute(
+                        "UPDATE versions SET status = ? WHERE name = ? AND version = ?",
+                        (PRODUCTION, name, target),
+                    )
+                    con.execute("UPDATE promotions SET undone = 1 WHERE id = ?", (promo["id"],))
+                    con.execute(
+                        "INSERT INTO promotions (name, version, previous, action, at, by)"
+                        " VALUES (?, ?, ?, 'rollback', ?, ?)",
+                        (name, target, current, _sqlite.utc_now(), current_user()),
+                    )
+            except sqlite3.Error as exc:
+                raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+        return self.get_version(name, target)
+
+    # -- download -----------------------------------------------------------------
+
+    def download(
+        self, name: str, dest: str | os.PathLike, *, version: str | None = None, status: str | None = None
+    ) -> Path:
+        """Copy a version's file to ``dest``, verifying its SHA256 before and after copying.
+
+        ``dest`` is a ``.keras`` path, or a folder (created if needed) that
+        receives ``model.keras``. Without ``version`` or ``status`` the
+        production version is used. On a checksum mismatch nothing is left at
+        ``dest`` and :class:`RegistryError` names both digests.
+        """
+        if version is not None and status is not None:
+            raise RegistryError("give a version or a status, not both")
+        if version is not None:
+            mv = self.get_version(name, version)
+        else:
+            status = status or PRODUCTION
+            found = self.get_by_status(name, status)
+            if found is None:
+                raise RegistryError(f"model {name!r} has no version with status {status!r}")
+            mv = found
+        stored = Path(mv.uri)
+        if not stored.is_file():
+            raise RegistryError(f"{name} {mv.version}: the registered file {stored} is missing")
+        before = sha256_file(stored)
+        if before != mv.sha256:
+            raise RegistryError(
+                f"{name} {mv.version}: stored file {stored} has sha256 {before}, "
+                f"registered sha256 is {mv.sha256}; refusing to download a corrupted model"
+            )
+        target = Path(dest)
+        if target.is_file() and target.suffix != ".keras":
+            raise RegistryError(f"cannot download to {target}: it is a file, not a folder or a .keras path")
+        if target.suffix != ".keras" or target.is_dir():
+            target = target / MODEL_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            shutil.copyfile(stored, tmp)
+            after = sha256_file(tmp)
+            if after != mv.sha256:
+                raise RegistryError(
+                    f"{name} {mv.version}: downloaded copy has sha256 {after}, "
+                    f"registered sha256 is {mv.sha256}"
+                )
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target

@@ -1,0 +1,33 @@
+"""A Keras callback that sends each epoch's metrics to the active tracker.
+
+Kept out of ``digitops.tracking`` itself so that the CLI and the stores never
+import Keras (seconds of TensorFlow start-up).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from digitops.tracking.base import Tracker
+
+
+class TrackingCallback(keras.callbacks.Callback):
+    """Log every numeric entry of an epoch's ``logs`` with ``step=epoch``."""
+
+    def __init__(self, tracker: Tracker, run_id: str) -> None:
+        super().__init__()
+        self.tracker = tracker
+        self.run_id = run_id
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        values: dict[str, float] = {}
+        for key, value in (logs or {}).items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue  # Keras may put non-scalars in logs; the tracker only takes numbers
+            values[key] = number
+        if values:
+            self.tracker.log_metrics(self.run_id, values, step=epoch)
