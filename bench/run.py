@@ -1,0 +1,70 @@
+"""`make bench`: every benchmark, one table each, all numbers in bench/results.json.
+
+Sections (each module has run() -> dict and table(dict) -> str):
+  notebook   plain script vs `digitops run train` on the same training (ratio, fixed cost)
+  training   images/s per architecture; time to 99.0/99.3/99.5 % validation accuracy (CI profile)
+  pipeline   MR feedback latency: the CI profile's train + evaluate + compare + report
+  dashboard  server-side inference latency, page-to-canvas, Predict round trip
+  compare    compare/list with 10 .. 10,000 stored runs
+
+    python bench/run.py [--only notebook,compare] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SECTIONS = ("compare", "dashboard", "notebook", "pipeline", "training")
+
+
+def _run_section(name: str, quick: bool) -> tuple[dict, str]:
+    sys.path.insert(0, str(HERE))
+    if name == "training":
+        mod = importlib.import_module("bench_training")
+        tp = mod.throughput(images=4000 if quick else 12_000)
+        tta = mod.time_to_accuracy("ci", max_epochs=1 if quick else None)
+        return {"throughput": tp, "time_to_accuracy": tta}, mod.table(tp, tta)
+    mod = importlib.import_module(f"bench_{name}")
+    kwargs: dict = {}
+    if quick and name == "notebook":
+        kwargs = {"repeats": 1, "epochs": 1, "limit": 6000}
+    if quick and name == "pipeline":
+        kwargs = {"profile": "quick"}
+    if quick and name == "compare":
+        kwargs = {"sizes": (10, 100, 1000), "repeats": 3}
+    result = mod.run(**kwargs)
+    return result, mod.table(result)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    ap.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test of the harness")
+    ap.add_argument("--out", type=Path, default=HERE / "results.json")
+    ns = ap.parse_args()
+    results = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "quick": ns.quick,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for name in ns.only.split(","):
+        started = time.perf_counter()
+        print(f"\n== {name}", flush=True)
+        result, text = _run_section(name.strip(), ns.quick)
+        results[name] = result
+        print(text, flush=True)
+        print(f"({time.perf_counter() - started:.0f} s)", flush=True)
+        ns.out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nwrote {ns.out}")
+
+
+if __name__ == "__main__":
+    main()
