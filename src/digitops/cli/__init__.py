@@ -28,7 +28,7 @@ def cli() -> None:
 
 
 #: Modules under digitops.cli, one per area, each exposing ``COMMANDS``.
-COMMAND_MODULES = ("run", "pipeline", "tracking", "registry")
+COMMAND_MODULES = ("run", "pipeline", "tracking", "registry", "comet")
 
 
 def _add_commands() -> None:

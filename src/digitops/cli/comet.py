@@ -1,0 +1,105 @@
+"""``digitops sync`` and ``digitops comet status``: the Comet side of runs and models."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from digitops import comet_env, config
+
+
+def _require_key() -> None:
+    if not config.comet_enabled():
+        raise click.ClickException(
+            "COMET_API_KEY is not set: nothing is sent to Comet (runs stay in the local store). "
+            "Set COMET_API_KEY (and COMET_WORKSPACE, COMET_PROJECT_NAME) to sync."
+        )
+
+
+@click.command("sync")
+@click.option("--run", "run_ids", multiple=True, metavar="RUN_ID", help="Only these runs (repeatable). Default: all.")
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded; send nothing.")
+def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
+    """Upload runs kept offline and registrations made while Comet was unreachable.
+
+    Uses the SDK's own uploader (what `comet upload` runs). Exits 1 when
+    something could not be sent; run it again later.
+    """
+    _require_key()
+    from digitops.registry.comet import pending_registrations, sync_registrations
+    from digitops.tracking.comet import pending_runs, stray_archives, sync_pending, upload_archive
+
+    runs = [s for s in pending_runs() if not run_ids or s.run_id in run_ids]
+    strays = [] if run_ids else stray_archives()
+    regs = pending_registrations()
+    if dry_run:
+        for s in runs:
+            click.echo(f"run {s.run_id}: {s.pending['archive'] if s.pending else 'incomplete experiment(s) to remove'}")
+        for p in strays:
+            click.echo(f"archive {p}")
+        for r in regs:
+            click.echo(f"registration: {r['name']} local {r['local_version']} (run {r['run_id']})")
+        click.echo(f"{len(runs)} run(s), {len(strays)} other archive(s), {len(regs)} registration(s) pending")
+        return
+    if not runs and not strays and not regs:
+        click.echo("nothing to sync: no kept archives, no pending registrations")
+        return
+    reach = comet_env.check_online(use_memo=False)
+    if not reach.ok:
+        raise click.ClickException(f"Comet not reached ({reach.reason}); nothing was sent, try again later")
+    failed = 0
+    for outcome in sync_pending(run_ids or None):
+        click.echo(outcome.describe())
+        failed += outcome.mode == "failed"
+    for path in strays:
+        ok = upload_archive(path)
+        click.echo(f"archive {path.name}: {'uploaded' if ok else 'upload failed (kept)'}")
+        failed += not ok
+    for line in sync_registrations():
+        click.echo(line)
+        failed += "still pending" in line
+    if failed:
+        raise click.ClickException(f"{failed} item(s) could not be sent; they are kept for the next `digitops sync`")
+    click.echo("sync complete")
+
+
+@click.group("comet")
+def comet() -> None:
+    """Comet connection and offline state."""
+
+
+@comet.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--probe/--no-probe", default=True, show_default=True, help="Contact the server (one bounded request).")
+def status(as_json: bool, probe: bool) -> None:
+    """Where Comet data goes, whether the server answers, what waits for `digitops sync`."""
+    from digitops.registry.comet import pending_registrations
+    from digitops.tracking.comet import pending_runs, stray_archives
+
+    info: dict[str, object] = {
+        "enabled": config.comet_enabled(),
+        "server": comet_env.server_root(),
+        "workspace": comet_env.workspace(),
+        "project": config.project_name(),
+        "offline_forced": comet_env.offline_forced(),
+        "pending_runs": [s.run_id for s in pending_runs()],
+        "stray_archives": [str(p) for p in stray_archives()],
+        "pending_registrations": [f"{r['name']} {r['local_version']}" for r in pending_registrations()],
+    }
+    if probe and config.comet_enabled() and not comet_env.offline_forced():
+        result = comet_env.check_online(use_memo=False)
+        info["reachable"] = result.ok
+        info["reason"] = result.reason
+        info["probe_seconds"] = round(result.seconds, 3)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        click.echo(f"{key}: {value}")
+    if not os.environ.get("COMET_API_KEY"):
+        click.echo("(COMET_API_KEY unset: runs and models stay in the local store)")
+
+
+COMMANDS = [sync, comet]

@@ -1,0 +1,509 @@
+"""Comet's Model Registry behind the :class:`~digitops.registry.base.Registry` interface.
+
+A version is registered from the run's Comet experiment, which already holds
+the model (``log_model`` during the run's mirror, see
+:mod:`digitops.tracking.comet`): ``APIExperiment.register_model`` is a
+synchronous REST call, and the new version is then confirmed with
+``Model.find_versions``. Versions are computed here (the next semantic version
+after the newest in Comet, ``minor`` by default, as the embedded registry
+does), never left to Comet. Statuses go through the ``Model`` API
+(``set_status``, ``add_tag``/``delete_tag``); the deprecated stage calls are
+not used. Comet statuses are ``Production`` and ``Staging``; digitops'
+``archived`` is status ``None`` plus the tag ``archived``, ``none`` is ``None``.
+
+Each version carries tags ``run:<run_id>`` and ``sha256:<hex>`` and a JSON
+comment with the run id, checksum and metrics, so :meth:`CometRegistry.download`
+verifies what it fetched, and a ``promoted:<UTC time>`` tag per promotion, which
+:meth:`CometRegistry.rollback` walks back through.
+
+Offline safety: when Comet cannot be reached, :meth:`CometRegistry.register`
+registers in the embedded registry and records a pending registration that
+``digitops sync`` replays; reads fall back to the embedded registry with a
+warning; status changes fail with a clear :class:`RegistryError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from digitops import comet_env, config
+from digitops.registry.base import (
+    ARCHIVED,
+    NONE,
+    PRODUCTION,
+    STAGING,
+    STATUSES,
+    ModelVersion,
+    Registry,
+    RegistryError,
+)
+from digitops.registry.sqlite import (
+    BUMPS,
+    MODEL_FILE,
+    SqliteRegistry,
+    _looks_like_keras,
+    current_user,
+    next_version,
+    sha256_file,
+)
+
+TO_COMET = {NONE: "None", STAGING: "Staging", PRODUCTION: "Production", ARCHIVED: "None"}
+ARCHIVED_TAG = "archived"
+ROLLED_BACK_TAG = "rolled-back"
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+
+
+def _say(message: str) -> None:
+    print(f"comet: {comet_env.redact(message)}", file=sys.stderr, flush=True)
+
+
+def _parse(version: str) -> tuple[int, int, int]:
+    m = _VERSION_RE.match(version)
+    if not m:
+        raise RegistryError(f"not a semantic version: {version!r}")
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def _pending_file() -> Path:
+    return comet_env.state_dir() / "pending-registrations.json"
+
+
+def pending_registrations() -> list[dict[str, Any]]:
+    """Registrations made locally while Comet was unreachable, oldest first."""
+    try:
+        return list(json.loads(_pending_file().read_text()))
+    except FileNotFoundError:
+        return []
+    except ValueError as exc:
+        raise RegistryError(f"corrupt pending registrations file {_pending_file()}: {exc}") from exc
+
+
+def _save_pending(items: list[dict[str, Any]]) -> None:
+    path = _pending_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(items, indent=1))
+    os.replace(tmp, path)
+
+
+class CometUnavailable(RegistryError):
+    """Comet could not be reached (or is switched off with ``--offline``)."""
+
+
+class CometRegistry(Registry):
+    """Comet Model Registry, with the embedded registry as offline fallback (see the module docstring)."""
+
+    def __init__(self, workspace: str | None = None) -> None:
+        self._workspace = workspace
+        self._api_obj: Any = None
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"CometRegistry(workspace={self._workspace or comet_env.workspace()!r})"
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _online(self) -> None:
+        reach = comet_env.check_online()
+        if not reach.ok:
+            raise CometUnavailable(f"Comet not reached: {reach.reason}")
+
+    @property
+    def api(self) -> Any:
+        if self._api_obj is None:
+            comet_ml = comet_env.import_comet()
+            self._api_obj = comet_ml.API(cache=False)
+        return self._api_obj
+
+    @property
+    def workspace(self) -> str:
+        if self._workspace is None:
+            self._workspace = comet_env.workspace() or str(self.api.get_default_workspace())
+        return self._workspace
+
+    def _model(self, name: str) -> Any:
+        from comet_ml import Model
+
+        return Model(self.workspace, name, api_key=os.environ.get("COMET_API_KEY"))
+
+    def _versions(self, name: str, **filters: Any) -> list[str]:
+        """Versions of ``name`` newest first ([] when the model does not exist yet)."""
+        from comet_ml.exceptions import CometRestApiException
+
+        try:
+            return list(self._model(name).find_versions(**filters))
+        except CometRestApiException as exc:
+            if exc.response is not None and exc.response.status_code in (400, 404):
+                return []
+            raise
+
+    def _to_version(self, name: str, details: dict[str, Any]) -> ModelVersion:
+        tags = [str(t) for t in details.get("tags") or []]
+        try:
+            meta = json.loads(details.get("comment") or "{}")
+        except ValueError:
+            meta = {}
+        meta = meta if isinstance(meta, dict) else {}
+        tag_values = {t.split(":", 1)[0]: t.split(":", 1)[1] for t in tags if ":" in t}
+        comet_status = details.get("status") or "None"
+        if comet_status == "Production":
+            status = PRODUCTION
+        elif comet_status == "Staging":
+            status = STAGING
+        elif ARCHIVED_TAG in tags:
+            status = ARCHIVED
+        else:
+            status = NONE
+        created = details.get("createdAt")
+        created_at = (
+            datetime.fromtimestamp(created / 1000, timezone.utc).isoformat() if isinstance(created, (int, float)) else ""
+        )
+        version = str(details["version"])
+        return ModelVersion(
+            name=name,
+            version=version,
+            run_id=str(meta.get("run_id") or tag_values.get("run", "")),
+            sha256=str(meta.get("sha256") or tag_values.get("sha256", "")),
+            status=status,
+            metrics={str(k): float(v) for k, v in (meta.get("metrics") or {}).items()},
+            created_by=str(meta.get("created_by") or details.get("userName") or ""),
+            created_at=created_at,
+            uri=f"comet://{self.workspace}/{name}:{version}",
+            url=f"{comet_env.server_root()}{self.workspace}/model-registry/{name}",
+            tags=tags,
+        )
+
+    def _details(self, name: str, version: str) -> dict[str, Any]:
+        from comet_ml.exceptions import CometRestApiException
+
+        try:
+            return dict(self._model(name).get_details(version))
+        except CometRestApiException as exc:
+            if exc.response is not None and exc.response.status_code in (400, 404):
+                known = ", ".join(reversed(self._versions(name))) or "none"
+                raise RegistryError(f"model {name!r} has no version {version!r} in Comet; known: {known}") from exc
+            raise
+
+    def _fallback(self, what: str, exc: Exception) -> SqliteRegistry:
+        if what not in self._warned:
+            _say(f"{what}: using the local registry ({exc})")
+            self._warned.add(what)
+        return SqliteRegistry()
+
+    # -- register -----------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        model_path: str | os.PathLike,
+        run_id: str,
+        *,
+        metrics: dict[str, float] | None = None,
+        status: str = STAGING,
+        bump: str = "minor",
+    ) -> ModelVersion:
+        """Register the run's model as the next version in Comet (locally + pending when unreachable)."""
+        if status not in STATUSES or status == ARCHIVED:
+            raise RegistryError(f"a new version starts as none, staging or production, not {status!r}")
+        if bump not in BUMPS:
+            raise RegistryError(f"unknown bump {bump!r}; choose one of: {', '.join(BUMPS)}")
+        src = Path(model_path)
+        if not src.is_file():
+            raise RegistryError(f"cannot register {src}: no such file")
+        if src.suffix != ".keras" or not _looks_like_keras(src):
+            raise RegistryError(f"cannot register {src}: not a Keras 3 model file (a .keras zip with config.json)")
+        digest = sha256_file(src)
+        try:
+            self._online()
+            key = self._experiment_for(run_id, digest)
+        except CometUnavailable as exc:
+            local = SqliteRegistry().register(name, src, run_id, metrics=metrics, status=status, bump=bump)
+            items = pending_registrations()
+            items.append(
+                {
+                    "name": name,
+                    "local_version": local.version,
+                    "model_path": local.uri,
+                    "run_id": run_id,
+                    "sha256": digest,
+                    "metrics": metrics or {},
+                    "status": status,
+                    "bump": bump,
+                    "at": time.time(),
+                }
+            )
+            _save_pending(items)
+            _say(
+                f"{exc}; registered {name} {local.version} in the local registry; "
+                "`digitops sync` registers it in Comet"
+            )
+            return local
+        return self._register_online(name, key, run_id, digest, metrics or {}, status, bump)
+
+    def _experiment_for(self, run_id: str, digest: str) -> str:
+        """Key of the run's Comet experiment holding this exact model (uploading a kept archive first)."""
+        from digitops.tracking.comet import CometTracker, RunState
+
+        state = RunState.load(run_id)
+        if state.pending:
+            outcome = CometTracker().sync_run(run_id)
+            if outcome.mode not in ("online", "up-to-date"):
+                raise CometUnavailable(outcome.reason or "the run's archive could not be uploaded")
+            state = RunState.load(run_id)
+        if not state.experiment_key or not state.sent:
+            raise RegistryError(
+                f"run {run_id!r} has no Comet experiment; it must be tracked with COMET_API_KEY set "
+                "(its model is logged to Comet when the run ends)"
+            )
+        logged = (state.sent.get("artifacts") or {}).values()
+        if digest not in logged:
+            raise RegistryError(
+                f"the model to register (sha256 {digest[:12]}...) is not the model logged by run {run_id!r} "
+                "in Comet; register the run's own model.keras"
+            )
+        return state.experiment_key
+
+    def _register_online(
+        self,
+        name: str,
+        key: str,
+        run_id: str,
+        digest: str,
+        metrics: dict[str, float],
+        status: str,
+        bump: str,
+    ) -> ModelVersion:
+        from comet_ml.exceptions import CometRestApiException
+
+        api_exp = self.api.get_experiment_by_key(key)
+        if api_exp is None:
+            raise RegistryError(f"run {run_id!r}: Comet experiment {key} not found")
+        comment = json.dumps(
+            {"run_id": run_id, "sha256": digest, "metrics": metrics, "created_by": current_user()}, sort_keys=True
+        )
+        for attempt in range(3):
+            existing = self._versions(name)
+            latest = max((_parse(v) for v in existing), default=None)
+            version = "%d.%d.%d" % next_version(latest, bump)
+            try:
+                api_exp.register_model(
+                    config.model_name(),
+                    version=version,
+                    registry_name=name,
+                    description=f"digitops model {name}",
+                    comment=comment,
+                    tags=[f"run:{run_id}", f"sha256:{digest}"],
+                    status=TO_COMET[STAGING if status in (PRODUCTION, ARCHIVED) else status],
+                )
+            except CometRestApiException as exc:
+                # Another registration took this version first: recompute and retry.
+                if attempt < 2 and version in self._versions(name):
+                    continue
+                raise RegistryError(f"Comet refused to register {name} {version}: {comet_env.redact(exc)}") from exc
+            break
+        if version not in self._versions(name, version_prefix=version):
+            raise RegistryError(f"Comet did not confirm {name} {version} after registering it")
+        if status in (PRODUCTION, ARCHIVED):
+            return self.set_status(name, version, status)
+        return self.get_version(name, version)
+
+    # -- reads --------------------------------------------------------------------
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """All versions of ``name``, oldest first (local registry when Comet is unreachable)."""
+        try:
+            self._online()
+        except CometUnavailable as exc:
+            return self._fallback("list versions", exc).list_versions(name)
+        versions = sorted(self._versions(name), key=_parse)
+        return [self._to_version(name, self._details(name, v)) for v in versions]
+
+    def get_version(self, name: str, version: str) -> ModelVersion:
+        """One version, or :class:`RegistryError` naming the known ones."""
+        try:
+            self._online()
+        except CometUnavailable as exc:
+            return self._fallback("get version", exc).get_version(name, version)
+        return self._to_version(name, self._details(name, version))
+
+    def get_by_status(self, name: str, status: str = PRODUCTION) -> ModelVersion | None:
+        """The newest version with ``status`` (production: the only one), or None."""
+        if status not in STATUSES:
+            raise RegistryError(f"unknown status {status!r}; choose one of: {', '.join(STATUSES)}")
+        try:
+            self._online()
+        except CometUnavailable as exc:
+            return self._fallback(f"{status} version", exc).get_by_status(name, status)
+        if status == ARCHIVED:
+            found = self._versions(name, tag=ARCHIVED_TAG)
+        else:
+            found = self._versions(name, status=TO_COMET[status])
+        for version in found:  # newest first
+            mv = self._to_version(name, self._details(name, version))
+            if mv.status == status:
+                return mv
+        return None
+
+    # -- statuses -----------------------------------------------------------------
+
+    def _set(self, name: str, version: str, status: str) -> None:
+        model = self._model(name)
+        details = self._details(name, version)
+        tags = set(details.get("tags") or [])
+        if (details.get("status") or "None") != TO_COMET[status]:
+            model.set_status(version, TO_COMET[status])
+        if status == ARCHIVED and ARCHIVED_TAG not in tags:
+            model.add_tag(version, ARCHIVED_TAG)
+        if status != ARCHIVED and ARCHIVED_TAG in tags:
+            model.delete_tag(version, ARCHIVED_TAG)
+
+    def set_status(self, name: str, version: str, status: str) -> ModelVersion:
+        """Set a version's status; production archives the previous production version."""
+        if status not in STATUSES:
+            raise RegistryError(f"unknown status {status!r}; choose one of: {', '.join(STATUSES)}")
+        try:
+            self._online()
+        except CometUnavailable as exc:
+            return self._set_pending_status(name, version, status, exc)
+        details = self._details(name, version)
+        if status == PRODUCTION:
+            for other in self._versions(name, status="Production"):
+                if other != version:
+                    self._set(name, other, ARCHIVED)
+            if details.get("status") != "Production":
+                model = self._model(name)
+                model.add_tag(version, f"promoted:{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}")
+                if ROLLED_BACK_TAG in (details.get("tags") or []):
+                    model.delete_tag(version, ROLLED_BACK_TAG)
+        self._set(name, version, status)
+        return self.get_version(name, version)
+
+    def _set_pending_status(self, name: str, version: str, status: str, exc: CometUnavailable) -> ModelVersion:
+        """Offline: a version registered locally (pending) changes status locally, and sync carries it over."""
+        items = pending_registrations()
+        mine = [i for i in items if i["name"] == name and i["local_version"] == version]
+        if not mine:
+            raise CometUnavailable(
+                f"{exc}; cannot change the status of {name} {version} in Comet now, try again later"
+            ) from exc
+        local = SqliteRegistry().set_status(name, version, status)
+        for item in items:
+            if item in mine:
+                item["status"] = status
+        _save_pending(items)
+        _say(f"{exc}; {name} {version} is {status} in the local registry; `digitops sync` applies it in Comet")
+        return local
+
+    def rollback(self, name: str) -> ModelVersion:
+        """Make the production version before the current one production again (current: archived)."""
+        self._online()
+        current = self.get_by_status(name, PRODUCTION)
+        if current is None:
+            raise RegistryError(f"model {name!r} has no production version to roll back from")
+
+        def promoted(tags: list[str]) -> str:
+            return max((t.split(":", 1)[1] for t in tags if t.startswith("promoted:")), default="")
+
+        since = promoted(current.tags)
+        earlier = []
+        for version in self._versions(name):
+            if version == current.version:
+                continue
+            tags = [str(t) for t in self._details(name, version).get("tags") or []]
+            when = promoted(tags)
+            if when and when < since and ROLLED_BACK_TAG not in tags:
+                earlier.append((when, version))
+        if not earlier:
+            raise RegistryError(
+                f"model {name!r}: production version {current.version} has no earlier production version to roll back to"
+            )
+        target = max(earlier)[1]
+        model = self._model(name)
+        self._set(name, current.version, ARCHIVED)
+        model.add_tag(current.version, ROLLED_BACK_TAG)
+        self._set(name, target, PRODUCTION)
+        return self.get_version(name, target)
+
+    # -- download -----------------------------------------------------------------
+
+    def download(
+        self, name: str, dest: str | os.PathLike, *, version: str | None = None, status: str | None = None
+    ) -> Path:
+        """Fetch a version's model from Comet to ``dest`` (a ``.keras`` path or a folder), sha256 verified."""
+        if version is not None and status is not None:
+            raise RegistryError("give a version or a status, not both")
+        try:
+            self._online()
+        except CometUnavailable as exc:
+            return self._fallback("download", exc).download(name, dest, version=version, status=status)
+        if version is not None:
+            mv = self.get_version(name, version)
+        else:
+            found = self.get_by_status(name, status or PRODUCTION)
+            if found is None:
+                raise RegistryError(f"model {name!r} has no version with status {status or PRODUCTION!r} in Comet")
+            mv = found
+        if not mv.sha256:
+            raise RegistryError(f"{name} {mv.version} carries no sha256; cannot verify a download")
+        target = Path(dest)
+        if target.suffix != ".keras" or target.is_dir():
+            target = target / MODEL_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".comet-download-", dir=target.parent))
+        try:
+            self._model(name).download(mv.version, output_folder=str(scratch))
+            files = [p for p in scratch.rglob("*") if p.is_file() and p.suffix == ".keras"]
+            if len(files) != 1:
+                raise RegistryError(
+                    f"{name} {mv.version}: expected one .keras file from Comet, got {[p.name for p in files]}"
+                )
+            got = sha256_file(files[0])
+            if got != mv.sha256:
+                raise RegistryError(
+                    f"{name} {mv.version}: downloaded file has sha256 {got}, registered sha256 is {mv.sha256}; "
+                    "refusing a corrupted model"
+                )
+            os.replace(files[0], target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return target
+
+
+def sync_registrations() -> list[str]:
+    """Replay registrations made while Comet was unreachable; returns one line per registration."""
+    items = pending_registrations()
+    if not items:
+        return []
+    registry = CometRegistry()
+    lines, left = [], []
+    for item in items:
+        try:
+            registry._online()
+            key = registry._experiment_for(item["run_id"], item["sha256"])
+            mv = registry._register_online(
+                item["name"],
+                key,
+                item["run_id"],
+                item["sha256"],
+                item.get("metrics") or {},
+                item.get("status", STAGING),
+                item.get("bump", "minor"),
+            )
+            lines.append(
+                f"model {item['name']}: local version {item['local_version']} registered in Comet as "
+                f"{mv.version} ({mv.status})"
+            )
+        except RegistryError as exc:
+            left.append(item)
+            lines.append(f"model {item['name']} {item['local_version']} (run {item['run_id']}): still pending ({exc})")
+    _save_pending(left)
+    return lines
