@@ -12,7 +12,11 @@ from digitops import __version__
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="digitops")
-def cli() -> None:
+@click.option(
+    "--offline", is_flag=True, envvar="DIGITOPS_COMET_OFFLINE",
+    help="With COMET_API_KEY set: keep Comet data in local offline archives (upload later with `digitops sync`).",
+)
+def cli(offline: bool) -> None:
     """Notebook-first MLOps for a handwritten-digit recogniser.
 
     \b
@@ -25,6 +29,10 @@ def cli() -> None:
     Runs are tracked in .digitops/ (SQLite) unless COMET_API_KEY is set; reports
     are published to GitLab when GITLAB_TOKEN is set.
     """
+    if offline:
+        from digitops import comet_env
+
+        comet_env.force_offline()
 
 
 #: Modules under digitops.cli, one per area, each exposing ``COMMANDS``.
