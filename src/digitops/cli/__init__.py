@@ -36,7 +36,7 @@ def cli(offline: bool) -> None:
 
 
 #: Modules under digitops.cli, one per area, each exposing ``COMMANDS``.
-COMMAND_MODULES = ("run", "pipeline", "tracking", "registry", "comet")
+COMMAND_MODULES = ("run", "pipeline", "tracking", "registry", "publish", "comet", "dashboard")
 
 
 def _add_commands() -> None:

@@ -1,0 +1,570 @@
+"""The Voila digit dashboard: model loading, the app's widgets, the CLI, deploy files, and the page in Chromium."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+import browser
+from digitops.dashboard import loader, server
+from digitops.registry.base import RegistryError
+from digitops.registry.sqlite import SqliteRegistry
+
+NAME = "mnist-digits"
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An isolated state folder (embedded registry, model cache) with no Comet key."""
+    monkeypatch.setenv("DIGITOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DIGITOPS_RUNS", str(tmp_path / "runs"))
+    for var in ("COMET_API_KEY", "DIGITOPS_MODEL_VERSION", "DIGITOPS_MODEL_CACHE", "DIGITOPS_MODEL_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Two different untrained .keras files (loading needs a real model, accuracy does not)."""
+    from digitops import model
+
+    folder = tmp_path_factory.mktemp("tiny")
+    paths = []
+    for seed in (1, 2):
+        paths.append(model.save(model.build("mlp", seed=seed), folder / f"m{seed}.keras"))
+    return paths
+
+
+class CountingRegistry(SqliteRegistry):
+    """The real embedded registry, counting downloads."""
+
+    downloads = 0
+
+    def download(self, *args, **kwargs):
+        type(self).downloads += 1
+        return super().download(*args, **kwargs)
+
+
+def drawn_png(strokes, size: int = 280, width: int = 28) -> bytes:
+    im = Image.new("RGB", (size, size), "black")
+    d = ImageDraw.Draw(im)
+    for pts in strokes:
+        pts = [(x * size, y * size) for x, y in pts]
+        d.line(pts, fill="white", width=width)
+        for x, y in pts:
+            d.ellipse([x - width / 2, y - width / 2, x + width / 2, y + width / 2], fill="white")
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- loader
+
+
+def test_no_model_explains_how_to_register_one(home):
+    with pytest.raises(loader.NoModelError) as err:
+        loader.resolve()
+    text = str(err.value)
+    assert "No production version" in text and NAME in text
+    assert "digitops pipeline" in text and "DIGITOPS_MODEL_VERSION" in text
+
+
+def test_staging_only_is_not_served(home, tiny_models):
+    SqliteRegistry().register(NAME, tiny_models[0], "run-a", status="staging")
+    with pytest.raises(loader.NoModelError, match="No production version"):
+        loader.resolve()
+
+
+def test_production_is_fetched_once_and_cached_by_version(home, tiny_models):
+    reg = CountingRegistry()
+    CountingRegistry.downloads = 0
+    mv = reg.register(NAME, tiny_models[0], "run-a", metrics={"test_accuracy": 0.9}, status="production")
+    got = loader.resolve(reg)
+    assert (got.version, got.sha256) == (mv.version, mv.sha256)
+    path = loader.fetch(got, reg)
+    assert path == home / "model-cache" / NAME / mv.version / "model.keras"
+    assert loader.sha256_of(path) == mv.sha256
+    assert loader.fetch(got, reg) == path
+    assert CountingRegistry.downloads == 1
+    record = json.loads((path.parent / "version.json").read_text())
+    assert record["sha256"] == mv.sha256 and record["run_id"] == "run-a"
+
+
+def test_cache_location_follows_environment(home, tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIGITOPS_MODEL_CACHE", str(tmp_path / "elsewhere"))
+    mv = SqliteRegistry().register(NAME, tiny_models[0], "run-a", status="production")
+    assert loader.fetch(loader.resolve()) == tmp_path / "elsewhere" / NAME / mv.version / "model.keras"
+
+
+def test_checksum_mismatch_in_cache_is_refused(home, tiny_models):
+    reg = SqliteRegistry()
+    mv = reg.register(NAME, tiny_models[0], "run-a", status="production")
+    path = loader.fetch(mv, reg)
+    path.write_bytes(Path(tiny_models[1]).read_bytes())  # a different model under the same version
+    with pytest.raises(loader.ChecksumError) as err:
+        loader.fetch(mv, reg)
+    assert "refusing to load" in str(err.value) and mv.version in str(err.value)
+    assert "delete" in str(err.value)
+    with pytest.raises(loader.ChecksumError):
+        loader.load_file(mv, path)
+
+
+def test_checksum_mismatch_in_download_leaves_nothing_cached(home, tiny_models):
+    reg = SqliteRegistry()
+    mv = reg.register(NAME, tiny_models[0], "run-a", status="production")
+    from digitops.registry.base import ModelVersion
+
+    forged = ModelVersion(**{**mv.to_dict(), "sha256": "0" * 64})
+    with pytest.raises(loader.ChecksumError):
+        loader.fetch(forged, reg)
+    assert not loader.cache_path(NAME, mv.version).exists()
+
+
+def test_pinned_version_is_served_instead_of_production(home, tiny_models, monkeypatch):
+    reg = SqliteRegistry()
+    v1 = reg.register(NAME, tiny_models[0], "run-a", status="production")
+    v2 = reg.register(NAME, tiny_models[1], "run-b", status="staging")
+    assert loader.resolve(reg).version == v1.version
+    monkeypatch.setenv("DIGITOPS_MODEL_VERSION", v2.version)
+    got = loader.resolve(reg)
+    assert (got.version, got.run_id, got.sha256) == (v2.version, "run-b", v2.sha256)
+    loaded = loader.load()
+    assert loaded.version.version == v2.version
+    assert loader.sha256_of(loaded.path) == v2.sha256
+    proba = loader.predict(loaded, np.zeros((28, 28), np.uint8))
+    assert proba.shape == (10,) and abs(float(proba.sum()) - 1.0) < 1e-4
+
+
+def test_pinned_unknown_version_is_a_clear_error(home, tiny_models, monkeypatch):
+    SqliteRegistry().register(NAME, tiny_models[0], "run-a", status="production")
+    monkeypatch.setenv("DIGITOPS_MODEL_VERSION", "9.9.9")
+    with pytest.raises(loader.NoModelError, match=r"DIGITOPS_MODEL_VERSION=9\.9\.9.*no version 9\.9\.9"):
+        loader.resolve()
+
+
+def test_pinned_cached_version_needs_no_registry(home, tiny_models, tmp_path, monkeypatch):
+    """A baked image: the cache holds the file and its record; the registry is not there."""
+    reg = SqliteRegistry()
+    mv = reg.register(NAME, tiny_models[0], "run-a", status="production")
+    cache = tmp_path / "baked"
+    monkeypatch.setenv("DIGITOPS_MODEL_CACHE", str(cache))
+    loader.fetch(mv, reg)
+    monkeypatch.setenv("DIGITOPS_HOME", str(tmp_path / "empty-home"))  # no registry at all
+    monkeypatch.setenv("DIGITOPS_MODEL_VERSION", mv.version)
+    got = loader.resolve()
+    assert (got.version, got.sha256) == (mv.version, mv.sha256)
+    assert loader.fetch(got) == cache / NAME / mv.version / "model.keras"
+
+
+def test_model_loaded_once_per_process(home, tiny_models):
+    SqliteRegistry().register(NAME, tiny_models[0], "run-a", status="production")
+    first, second = loader.load(), loader.load()
+    assert first is second and first.model is second.model
+
+
+# ----------------------------------------------------------------------------- app (no browser)
+
+
+@pytest.fixture
+def digit_app(home, tiny_models):
+    from digitops.dashboard.app import DigitApp
+
+    mv = SqliteRegistry().register(NAME, tiny_models[0], "run-x", metrics={"test_accuracy": 0.987}, status="production")
+    return DigitApp(mv, loader.load())
+
+
+def test_app_predicts_the_drawn_image(digit_app):
+    digit_app.canvas._on_frontend_msg(None, {"type": "image", "strokes": 1}, [memoryview(drawn_png([[(0.5, 0.2), (0.5, 0.8)]]))])
+    digit = digit_app.predict()
+    assert digit is not None and 0 <= digit <= 9
+    assert 'data-state="prediction"' in digit_app.result.value
+    assert f'data-digit="{digit}"' in digit_app.result.value
+    probs = [float(p) for p in re.findall(r'data-p="([0-9.]+)"', digit_app.bars.value)]
+    assert len(probs) == 10 and abs(sum(probs) - 1) < 1e-3 and int(np.argmax(probs)) == digit
+    seen = np.asarray(Image.open(io.BytesIO(digit_app.seen.value)))
+    assert seen.shape == (28, 28) and seen.max() == 255
+
+
+def test_app_empty_canvas_shows_message_not_prediction(digit_app):
+    assert digit_app.predict() is None
+    assert 'data-state="empty"' in digit_app.result.value and "canvas is empty" in digit_app.result.value
+    digit_app.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(drawn_png([]))])
+    assert digit_app.predict() is None and 'data-state="empty"' in digit_app.result.value
+
+
+def test_app_clear_and_live_mode(digit_app):
+    png = drawn_png([[(0.3, 0.2), (0.7, 0.2), (0.45, 0.8)]])
+    digit_app.live.value = True
+    seq = digit_app.seq
+    digit_app.canvas._on_frontend_msg(None, {"type": "image", "strokes": 1}, [memoryview(png)])
+    assert digit_app.seq == seq + 1 and 'data-state="prediction"' in digit_app.result.value
+    digit_app.clear()
+    assert digit_app.canvas.png is None and 'data-state="idle"' in digit_app.result.value
+    assert 'data-p="0.000000"' in digit_app.bars.value
+
+
+def test_app_loads_the_model_only_when_the_canvas_is_shown_or_predict_is_pressed(home, tiny_models):
+    from concurrent.futures import Future
+
+    from digitops.dashboard.app import DigitApp
+
+    mv = SqliteRegistry().register(NAME, tiny_models[0], "run-x", status="production")
+    starts = []
+
+    def start():
+        starts.append(1)
+        future = Future()
+        future.set_result(loader.load())
+        return future
+
+    app = DigitApp(mv, start)
+    assert starts == []
+    app.canvas._on_frontend_msg(None, {"type": "ready"}, [])
+    app.canvas._on_frontend_msg(None, {"type": "ready"}, [])  # a second view of the same page
+    assert starts == [1]
+    app.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(drawn_png([[(0.5, 0.2), (0.5, 0.8)]]))])
+    assert app.predict() is not None and starts == [1]
+    lazy = DigitApp(mv, start)
+    lazy.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(drawn_png([[(0.5, 0.2), (0.5, 0.8)]]))])
+    assert lazy.predict() is not None and starts == [1, 1]
+
+
+def test_model_card(digit_app):
+    card = digit_app.card.value
+    assert 'data-version="0.1.0"' in card and "mnist-digits" in card and "production" in card
+    assert "98.70 %" in card and "run-x" in card and "UTC" in card
+
+
+def test_model_card_links_comet_or_local_report(home, tmp_path, monkeypatch):
+    from digitops.dashboard.app import FILES_ENV, model_card_html
+    from digitops.registry.base import ModelVersion
+
+    mv = ModelVersion(NAME, "1.2.0", "run-9", "a" * 64, "production", url="https://www.comet.com/ws/digitops/abc")
+    assert 'href="https://www.comet.com/ws/digitops/abc"' in model_card_html(mv)
+    local = ModelVersion(NAME, "1.2.0", "run-9", "a" * 64, "production")
+    assert "href" not in model_card_html(local)
+    (tmp_path / "runs" / "run-9").mkdir(parents=True)
+    (tmp_path / "runs" / "run-9" / "evaluate.html").write_text("<html>report</html>")
+    monkeypatch.setenv(FILES_ENV, "runs")
+    assert 'href="voila/files/runs/run-9/evaluate.html"' in model_card_html(local)
+
+
+def test_build_without_model_returns_a_notice(home):
+    from digitops.dashboard.app import build
+
+    page = build()
+    assert 'data-kind="no-model"' in page.value and "digitops pipeline" in page.value
+    assert "Traceback" not in page.value
+
+
+def test_build_with_tampered_cache_returns_a_notice(home, tiny_models):
+    from digitops.dashboard.app import build
+
+    reg = SqliteRegistry()
+    mv = reg.register(NAME, tiny_models[0], "run-a", status="production")
+    loader.fetch(mv, reg).write_bytes(b"tampered")
+    page = build()
+    assert 'data-kind="checksum"' in page.value and "refusing to load" in page.value
+
+
+def test_build_with_broken_registry_hides_details_from_visitors(home, capsys):
+    from digitops.dashboard.app import build
+
+    home.mkdir(parents=True)
+    (home / "registry.db").write_bytes(b"this is not a database" * 100)
+    page = build()
+    assert 'data-kind="load-error"' in page.value and "server log" in page.value
+    assert "Traceback" not in page.value and str(home) not in page.value
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_dry_run_binds_loopback_and_hides_tracebacks(home):
+    from digitops.cli import cli
+
+    res = CliRunner().invoke(cli, ["dashboard", "--dry-run", "--port", "9123"])
+    assert res.exit_code == 0, res.output
+    args = shlex.split(res.output.strip())
+    assert args[1:3] == ["-m", "voila"] and args[3].endswith("dashboards/digits.ipynb")
+    for flag in (
+        "--port=9123",
+        "--Voila.ip=127.0.0.1",
+        "--show_tracebacks=False",
+        "--MappingKernelManager.cull_idle_timeout=600",
+        "--no-browser",
+    ):
+        assert flag in args
+    assert "--preheat_kernel=True" in args  # the default: a visitor's page appears sooner
+    res = CliRunner().invoke(cli, ["dashboard", "--dry-run", "--no-preheat", "--host", "0.0.0.0", "--open"])
+    args = shlex.split(res.output.strip())
+    assert "--preheat_kernel=True" not in args and "--Voila.ip=0.0.0.0" in args and "--no-browser" not in args
+
+
+def test_cli_fetch_only(home, tiny_models):
+    from digitops.cli import cli
+
+    res = CliRunner().invoke(cli, ["dashboard", "--fetch-only"])
+    assert res.exit_code == 1 and "No production version" in res.output and "Traceback" not in res.output
+    mv = SqliteRegistry().register(NAME, tiny_models[0], "run-a", status="production")
+    res = CliRunner().invoke(cli, ["dashboard", "--fetch-only"])
+    assert res.exit_code == 0, res.output
+    assert f"cached {NAME} {mv.version}" in res.output
+    assert loader.cache_path(NAME, mv.version).is_file()
+
+
+def test_voila_root_must_contain_the_notebook(tmp_path):
+    nb = tmp_path / "project" / "dashboards" / "digits.ipynb"
+    nb.parent.mkdir(parents=True)
+    nb.write_text("{}")
+    args = server.voila_command(nb, root_dir=tmp_path / "project")
+    assert f"--Voila.root_dir={tmp_path / 'project'}" in args
+    args = server.voila_command(nb, root_dir=tmp_path / "elsewhere")
+    assert f"--Voila.root_dir={nb.parent}" in args
+
+
+def test_server_env_makes_state_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DIGITOPS_HOME", ".state")
+    monkeypatch.setenv("DIGITOPS_RUNS", "runs")
+    env = server.server_env(tmp_path)
+    assert env["DIGITOPS_HOME"] == str(tmp_path / ".state")
+    assert env["DIGITOPS_RUNS"] == str(tmp_path / "runs")
+    assert env["DIGITOPS_DASHBOARD_FILES"] == "runs"
+    monkeypatch.setenv("DIGITOPS_RUNS", "/somewhere/else")
+    assert "DIGITOPS_DASHBOARD_FILES" not in server.server_env(tmp_path)
+
+
+# ----------------------------------------------------------------------------- deploy files
+
+
+def _manifests() -> list[dict]:
+    docs = []
+    for path in sorted((REPO / "deploy" / "k8s").glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_k8s_manifests_are_valid_against_the_kubernetes_schema():
+    import kubernetes_validate
+
+    docs = _manifests()
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    broken = json.loads(json.dumps(next(d for d in docs if d["kind"] == "Deployment")))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_k8s_deployment_is_replicated_probed_and_sticky():
+    docs = {d["kind"]: d for d in _manifests()}
+    dep, svc = docs["Deployment"], docs["Service"]
+    assert dep["spec"]["replicas"] >= 2
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["port"] == "http"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["http"] == 8866
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["sessionAffinity"] == "ClientIP"  # a page's websocket must reach its kernel
+    kustomization = yaml.safe_load((REPO / "deploy" / "k8s" / "kustomization.yaml").read_text())
+    assert all((REPO / "deploy" / "k8s" / r).is_file() for r in kustomization["resources"])
+
+
+def test_dockerfile_references_existing_files_and_serves_the_dashboard():
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:", text, re.M) and re.search(r"^ARG PYTHON_VERSION=", text, re.M)
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        *sources, _dest = line.split()
+        for src in sources:
+            assert (REPO / src).exists(), f"Dockerfile copies {src}, which does not exist"
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    assert cmd[:2] == ["digitops", "dashboard"] and "--host" in cmd and "8866" in cmd
+    assert (REPO / cmd[cmd.index("--notebook") + 1]).is_file()
+    assert re.search(r"^EXPOSE 8866$", text, re.M) and re.search(r"^USER ", text, re.M)
+
+
+def test_dashboard_notebook_is_thin_and_has_no_outputs():
+    nb = json.loads((REPO / "dashboards" / "digits.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
+    assert sum(len("".join(c["source"]).splitlines()) for c in code) <= 5
+    assert "digitops.dashboard" in "".join(code[0]["source"])
+
+
+# ----------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory):
+    """A state folder whose registry holds a small CNN, trained here, as production."""
+    from digitops import data, model
+
+    root = tmp_path_factory.mktemp("dash")
+    mnist = data.load()
+    x, y = data.subset(mnist.x_train, mnist.y_train, 10000, 0)
+    net = model.build("cnn", learning_rate=2e-3, seed=0)
+    model.fit(net, (x, y), epochs=2, batch_size=64, progress=False)
+    acc = model.evaluate(net, mnist.x_test[:2000], mnist.y_test[:2000])["test_accuracy"]
+    path = model.save(net, root / "model.keras")
+    reg = SqliteRegistry(root / "home" / "registry.db", root / "home" / "models")
+    mv = reg.register(NAME, path, "run-browser", metrics={"test_accuracy": acc}, status="production")
+    (root / "runs" / "run-browser").mkdir(parents=True)
+    (root / "runs" / "run-browser" / "evaluate.html").write_text("<html><body>evaluation report</body></html>")
+    return root, mv
+
+
+@pytest.fixture(scope="module")
+def voila(trained_home):
+    root, mv = trained_home
+    env = browser.isolated_env(root, DIGITOPS_HOME=str(root / "home"), DIGITOPS_RUNS=str(root / "runs"))
+    env = server.server_env(root, env)
+    with browser.VoilaServer(root, env, preheat=True) as srv:
+        yield srv, mv
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = browser.launch_chromium(pw)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(voila, chromium):
+    srv, _mv = voila
+    try:
+        pg, seconds = browser.open_dashboard(chromium, srv.url)
+    except Exception as exc:
+        pytest.fail(f"the dashboard did not show its canvas: {exc}\n--- voila log ---\n{srv.log()}")
+    pg.page_load_seconds = seconds  # type: ignore[attr-defined]
+    yield pg
+    pg.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_recognises_drawn_digits(page):
+    assert page.page_load_seconds < 60
+    results = {}
+    for digit in (0, 1, 7):
+        browser.click_and_wait(page, "button.dg-clear")
+        assert browser.canvas_ink(page) == 0
+        blank_src = page.get_attribute("img.dg-seen-img", "src")
+        browser.draw(page, browser.DIGIT_STROKES[digit])
+        assert browser.canvas_ink(page) > 1000
+        res = browser.click_and_wait(page, "button.dg-predict")
+        results[digit] = res
+        assert res["state"] == "prediction", res
+        assert len(res["probabilities"]) == 10 and abs(sum(res["probabilities"]) - 1) < 1e-3
+        assert int(np.argmax(res["probabilities"])) == res["digit"]
+        # The 28x28 image the model saw replaced the blank placeholder.
+        assert page.get_attribute("img.dg-seen-img", "src") != blank_src
+        if digit == 7:
+            browser.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(browser.ARTIFACTS / "dashboard.png"), full_page=True)
+    assert {d: r["digit"] for d, r in results.items()} == {0: 0, 1: 1, 7: 7}, results
+    assert (browser.ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_a_two_stroke_digit_is_sent_whole(page):
+    browser.click_and_wait(page, "button.dg-clear")
+    browser.draw(page, browser.DIGIT_STROKES[4])
+    res = browser.click_and_wait(page, "button.dg-predict")
+    assert res["state"] == "prediction" and page.get_attribute("canvas.digitops-canvas", "data-strokes") == "2"
+    assert abs(sum(res["probabilities"]) - 1) < 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_clear_resets_and_empty_canvas_shows_message(page):
+    browser.draw(page, browser.DIGIT_STROKES[1])
+    assert browser.click_and_wait(page, "button.dg-predict")["state"] == "prediction"
+    res = browser.click_and_wait(page, "button.dg-clear")
+    assert res["state"] == "idle" and browser.canvas_ink(page) == 0
+    assert all(p == 0 for p in res["probabilities"])
+    res = browser.click_and_wait(page, "button.dg-predict")
+    assert res["state"] == "empty" and res["digit"] is None
+    assert "canvas is empty" in res["text"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_predicts_on_pointer_up_when_asked(page):
+    browser.click_and_wait(page, "button.dg-clear")
+    page.check(".dg-live input[type=checkbox]")
+    try:
+        before = browser.result_seq(page)
+        browser.draw(page, browser.DIGIT_STROKES[7])
+        res = browser.wait_result(page, before)
+        assert res["state"] == "prediction" and res["digit"] == 7
+    finally:
+        page.uncheck(".dg-live input[type=checkbox]")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_model_card_shows_registered_version(page, voila):
+    srv, mv = voila
+    card = page.locator(".dg-card")
+    assert card.get_attribute("data-version") == mv.version
+    text = card.inner_text()
+    assert mv.version in text and "production" in text and "run-browser" in text
+    assert f"{100 * mv.metrics['test_accuracy']:.2f} %" in text
+    href = page.get_attribute(".dg-card a", "href")
+    assert href == "voila/files/runs/run-browser/evaluate.html"
+    with urllib.request.urlopen(srv.url + href, timeout=10) as resp:
+        assert b"evaluation report" in resp.read()
+    # Only run reports are served, not the registry or the notebook.
+    for forbidden in ("voila/files/home/registry.db", "voila/files/model.keras"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(srv.url + forbidden, timeout=10)
+        assert err.value.code == 403
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_without_a_model_the_page_explains_and_idle_kernels_are_culled(tmp_path, chromium):
+    env = browser.isolated_env(tmp_path, DIGITOPS_HOME=str(tmp_path / "home"), DIGITOPS_RUNS=str(tmp_path / "runs"))
+    env = server.server_env(tmp_path, env)
+    with browser.VoilaServer(tmp_path, env, cull_idle_timeout=2, cull_interval=1) as srv:
+        pg = chromium.new_page()
+        pg.route("https://cdn.jsdelivr.net/**", lambda route: route.abort())
+        try:
+            pg.goto(srv.url)
+            pg.wait_for_selector(".dg-notice[data-kind='no-model']", timeout=60_000)
+            text = pg.inner_text("body")
+            assert "No model to serve yet" in text and "digitops pipeline" in text
+            assert "Traceback" not in text and "NoModelError" not in text
+            assert pg.locator("canvas.digitops-canvas").count() == 0
+        finally:
+            pg.close()
+        # A closed page leaves its kernel behind (Voila cannot shut it down); the culler must.
+        culled = re.compile(r"Culling '\w+' kernel '[\w.-]+' \([0-9a-f-]+\) with 0 connections due to \d+ seconds of inactivity")
+        deadline = time.monotonic() + 30
+        while not culled.search(srv.log()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert culled.search(srv.log()), srv.log()
