@@ -174,7 +174,7 @@ def run(inference_n: int = 200, clicks: int = 20, loads: int = 3, architecture: 
     return results
 
 
-def _table(results: dict[str, Any]) -> str:
+def table(results: dict[str, Any]) -> str:
     rows = [("measure", "median", "p95", "n", "target")]
     for key, s in results["server"].items():
         target = f"< {TARGETS['server_inference_ms']:g} ms" if key == "predict_on_batch_ms" else ""
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     results = run(args.inference, args.clicks, args.loads, args.architecture, not args.no_browser)
-    print(_table(results))
+    print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -38,6 +38,8 @@ def _run_section(name: str, quick: bool) -> tuple[dict, str]:
         kwargs = {"repeats": 1, "epochs": 1, "limit": 6000}
     if quick and name == "pipeline":
         kwargs = {"profile": "quick"}
+    if quick and name == "dashboard":
+        kwargs = {"inference_n": 50, "clicks": 5, "loads": 1}
     if quick and name == "compare":
         kwargs = {"sizes": (10, 100, 1000), "repeats": 3}
     result = mod.run(**kwargs)
