@@ -16,7 +16,7 @@ from typing import Any
 TARGETS = (0.990, 0.993, 0.995)
 
 
-def throughput(architectures: tuple[str, ...] = ("mlp", "cnn", "cnn_bn"), images: int = 12_000,
+def throughput(architectures: tuple[str, ...] = ("mlp", "cnn", "lenet_bn", "cnn_bn"), images: int = 12_000,
                batch_size: int = 128) -> dict[str, float]:
     """Images per second for one epoch of each architecture."""
     import keras

@@ -2,7 +2,7 @@
 
 Sections (each module has run() -> dict and table(dict) -> str):
   notebook   plain script vs `digitops run train` on the same training (ratio, fixed cost)
-  training   images/s per architecture; time to 99.0/99.3/99.5 % validation accuracy (CI profile)
+  training   images/s per architecture; time to 99.0/99.3/99.5 % validation accuracy (full profile)
   pipeline   MR feedback latency: the CI profile's train + evaluate + compare + report
   dashboard  server-side inference latency, page-to-canvas, Predict round trip
   compare    compare/list with 10 .. 10,000 stored runs
@@ -30,7 +30,9 @@ def _run_section(name: str, quick: bool) -> tuple[dict, str]:
     if name == "training":
         mod = importlib.import_module("bench_training")
         tp = mod.throughput(images=4000 if quick else 12_000)
-        tta = mod.time_to_accuracy("ci", max_epochs=1 if quick else None)
+        # The full profile trains long enough to pass every target; the CI
+        # profile's time and accuracy are in the pipeline section.
+        tta = mod.time_to_accuracy("ci", max_epochs=1) if quick else mod.time_to_accuracy("full")
         return {"throughput": tp, "time_to_accuracy": tta}, mod.table(tp, tta)
     mod = importlib.import_module(f"bench_{name}")
     kwargs: dict = {}

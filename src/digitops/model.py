@@ -86,9 +86,35 @@ def _cnn_bn() -> keras.Model:
     )
 
 
+def _lenet_bn() -> keras.Model:
+    """Two 5x5 conv layers with batch norm: CPU-cheap (about 1.6x the classic CNN's work), 99.3 %+ in minutes."""
+    return keras.Sequential(
+        [
+            keras.Input(INPUT_SHAPE),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(32, 5, use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(64, 5, use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+        ],
+        name="lenet_bn",
+    )
+
+
 ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
     "mlp": _mlp,
     "cnn": _cnn,
+    "lenet_bn": _lenet_bn,
     "cnn_bn": _cnn_bn,
 }
 
@@ -182,7 +208,8 @@ def fit(
         from digitops.progress import KerasProgress
 
         cbs.append(KerasProgress(epochs=epochs, steps=int(np.ceil(len(x) / batch_size))))
-    hist = model.fit(ds, validation_data=val_data, epochs=epochs, verbose=0, callbacks=cbs)
+    # shuffle=False: the dataset is already shuffled each epoch (seeded above).
+    hist = model.fit(ds, validation_data=val_data, epochs=epochs, verbose=0, callbacks=cbs, shuffle=False)
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
