@@ -44,8 +44,8 @@ test: data ## Run every test: unit, notebooks (nbmake), contract, browser, end t
 test-fast: install ## Run the tests not marked slow or browser
 	$(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
-lab: install ## Open JupyterLab on the notebooks
-	$(BIN)/jupyter lab notebooks/
+lab: install ## Open JupyterLab on the notebooks (runs and tracking stay in this folder)
+	DIGITOPS_HOME=$(CURDIR)/.digitops DIGITOPS_RUNS=$(CURDIR)/runs $(BIN)/jupyter lab notebooks/
 
 dashboard: install ## Serve the digit dashboard with the production model on 127.0.0.1 (PORT=8866)
 	$(BIN)/digitops dashboard --port $(PORT)

@@ -32,6 +32,10 @@ def test_pipeline_twice_compares_with_the_first_and_registers_two_versions(workd
     runs = get_tracker().list_runs()
     assert len(runs) == 2 and all(r.status == "finished" for r in runs)
     newest, oldest = runs[0], runs[1]
+    for run in runs:
+        folder = workdir / "runs" / run.run_id
+        for name in ("train.ipynb", "train.html", "evaluate.ipynb", "evaluate.html", "model.keras", "metrics.json"):
+            assert (folder / name).is_file(), f"{run.run_id}/{name}"
     # CNN on 3,000 images for one epoch: well above chance (10 %).
     assert newest.metrics["test_accuracy"] > 0.5 and oldest.metrics["test_accuracy"] > 0.5
 
