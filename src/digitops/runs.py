@@ -93,6 +93,7 @@ class RunContext:
     folder: Path
     stage: str
     params: dict[str, Any] = field(default_factory=dict)
+    tracker: Any = None
 
     @classmethod
     def open(
@@ -135,13 +136,7 @@ class RunContext:
             **{section: params},
             stages={stage: "running"},
         )
-        return cls(run_id=run_id, folder=folder, stage=stage, params=params)
-
-    @property
-    def tracker(self) -> Any:
-        from digitops.tracking import get_tracker
-
-        return get_tracker()
+        return cls(run_id=run_id, folder=folder, stage=stage, params=params, tracker=tracker)
 
     def path(self, name: str) -> Path:
         """A file inside the run folder."""
