@@ -78,7 +78,7 @@ class FakeGitLab:
     def __init__(
         self,
         *,
-        token: str = "glpat-fake-project-token",
+        token: str = "fake-project-token",
         job_token: str = "glcbt-fake-job-token",
         project_id: int = 42,
         project_path: str = "group/digitops",

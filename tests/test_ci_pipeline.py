@@ -139,7 +139,7 @@ def mr_args(**variables: str) -> list[str]:
     args = [
         "--variable", "CI_PIPELINE_SOURCE=merge_request_event", "--unset-variable", "CI_COMMIT_BRANCH",
         "--variable", "CI_MERGE_REQUEST_IID=7", "--variable", "CI_MERGE_REQUEST_PROJECT_ID=42",
-        "--variable", "GITLAB_TOKEN=glpat-fake-project-token",
+        "--variable", "GITLAB_TOKEN=fake-project-token",
     ]
     for key, value in variables.items():
         args += ["--variable", f"{key}={value}"]

@@ -120,7 +120,7 @@ def test_settings_explain_that_a_job_token_is_not_enough() -> None:
 
 def test_settings_keep_the_token_out_of_repr() -> None:
     env = {
-        "GITLAB_TOKEN": "glpat-very-secret",
+        "GITLAB_TOKEN": "fake-token-very-secret",
         "CI_SERVER_URL": "https://gitlab.example.com/",
         "CI_PROJECT_URL": "https://gitlab.example.com/g/p",
         "CI_MERGE_REQUEST_PROJECT_ID": "3",
@@ -128,7 +128,7 @@ def test_settings_keep_the_token_out_of_repr() -> None:
     }
     settings = gl.settings_from_env(env)
     assert (settings.server_url, settings.project_id, settings.mr_iid) == ("https://gitlab.example.com", "3", 9)
-    assert "glpat-very-secret" not in repr(settings)
+    assert "fake-token-very-secret" not in repr(settings)
     with pytest.raises(gl.GitLabConfigError, match="must be a number"):
         gl.settings_from_env({**env, "CI_MERGE_REQUEST_IID": "!9"})
 
@@ -242,10 +242,10 @@ def test_transient_errors_are_retried(fake: FakeGitLab, report_dir: Path) -> Non
 
 def test_wrong_token_gives_a_clear_auth_error(fake: FakeGitLab, report_dir: Path) -> None:
     with pytest.raises(gl.GitLabAuthError) as info:
-        gl.publish_mr_note(REPORT, settings=settings_for(fake, token="glpat-revoked-token"), image_dir=report_dir)
+        gl.publish_mr_note(REPORT, settings=settings_for(fake, token="fake-token-revoked"), image_dir=report_dir)
     message = str(info.value)
     assert "401" in message and "CI_JOB_TOKEN" in message and "GITLAB_TOKEN" in message and "api" in message
-    assert "glpat-revoked-token" not in message
+    assert "fake-token-revoked" not in message
     assert fake.mr_notes() == [] and fake.uploads == []
 
 

@@ -25,7 +25,7 @@ from digitops.tracking.sqlite import SqliteTracker
 from store_helpers import DATA, add_run, keras_model_file
 
 FAKE_COMET_KEY = "cmt-FAKE-KEY-5b1e0c9d2f7a4e8b"
-FAKE_GITLAB_TOKEN = "glpat-FAKE-TOKEN-x9y8z7w6v5"
+FAKE_GITLAB_TOKEN = "FAKE-GITLAB-TOKEN-x9y8z7w6v5"
 # The smallest valid PNG (1x1 transparent pixel).
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -238,7 +238,7 @@ def test_no_secrets_in_any_output(setup, workdir: Path, monkeypatch: pytest.Monk
     for path in paths.values():
         text = path.read_text()
         assert FAKE_COMET_KEY not in text and FAKE_GITLAB_TOKEN not in text, path.name
-        assert "cmt-FAKE" not in text and "glpat-" not in text, path.name
+        assert "cmt-FAKE" not in text and "FAKE-GITLAB" not in text, path.name
     md = paths["markdown"].read_text()
     assert "| gitlab_token | (hidden) |" in md and "| comet_api_key | (hidden) |" in md
 

@@ -16,7 +16,7 @@ TINY = {"architecture": "mlp", "epochs": 1, "limit": 600, "batch_size": 64}
 
 @pytest.mark.slow
 def test_train_then_evaluate_fills_the_run_folder(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    secret = "glpat-THISMUSTNOTLEAK1234"
+    secret = "secret-THISMUSTNOTLEAK1234"
     monkeypatch.setenv("GITLAB_TOKEN", secret)
     trained = runner.execute("train", TINY, progress=False)
     folder = trained.folder
