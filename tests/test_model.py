@@ -54,3 +54,15 @@ def test_save_requires_keras_suffix_and_load_a_missing_file(tmp_path: Path) -> N
         model.save(model.build("mlp"), tmp_path / "m.h5")
     with pytest.raises(FileNotFoundError, match="no model file"):
         model.load(tmp_path / "missing.keras")
+
+
+@pytest.mark.slow
+def test_augmented_cosine_training_runs_and_lowers_the_learning_rate() -> None:
+    mnist = data.load()
+    x, y = data.subset(mnist.x_train, mnist.y_train, 400, seed=0)
+    net = model.build("lenet_bn", learning_rate=0.002, seed=0)
+    history = model.fit(net, (x, y), epochs=2, batch_size=100, augment=True, lr_schedule="cosine", progress=False)
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    assert float(net.optimizer.learning_rate.numpy()) < 0.002  # cosine: epoch 2 runs below the base rate
+    with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
+        model.fit(net, (x, y), epochs=1, lr_schedule="step", progress=False)
