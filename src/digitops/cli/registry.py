@@ -25,6 +25,16 @@ def _registry() -> Any:
         raise click.ClickException(str(exc)) from exc
 
 
+def _chosen(reg: Any, name: str, version: str | None, status: str | None) -> Any:
+    """The version named, else the newest with ``status`` (production by default)."""
+    if version:
+        return reg.get_version(name, version)
+    found = reg.get_by_status(name, status or PRODUCTION)
+    if found is None:
+        raise click.ClickException(f"{name} has no version with status {status or PRODUCTION!r}")
+    return found
+
+
 def _describe(v: ModelVersion) -> str:
     acc = v.metrics.get("test_accuracy")
     shown = f", test accuracy {acc * 100:.2f} %" if isinstance(acc, (int, float)) else ""
@@ -182,12 +192,7 @@ def show_cmd(version: str | None, model_name: str | None, status: str | None, as
     name = model_name or config.model_name()
     reg = _registry()
     try:
-        if version:
-            found = reg.get_version(name, version)
-        else:
-            found = reg.get_by_status(name, status or PRODUCTION)
-            if found is None:
-                raise click.ClickException(f"{name} has no version with status {status or PRODUCTION!r}")
+        found = _chosen(reg, name, version, status)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     _echo_version(found, as_json)
@@ -245,13 +250,7 @@ def download_cmd(dest: Path, model_name: str | None, version: str | None, status
     name = model_name or config.model_name()
     reg = _registry()
     try:
-        if version:
-            chosen = reg.get_version(name, version)
-        else:
-            found = reg.get_by_status(name, status or PRODUCTION)
-            if found is None:
-                raise click.ClickException(f"{name} has no version with status {status or PRODUCTION!r}")
-            chosen = found
+        chosen = _chosen(reg, name, version, status)
         # Download the exact version resolved above, even if a promotion happens meanwhile.
         path = reg.download(name, dest, version=chosen.version)
     except RegistryError as exc:
