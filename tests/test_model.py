@@ -19,7 +19,7 @@ def test_every_architecture_maps_raw_pixels_to_probabilities(name: str) -> None:
 
 
 def test_unknown_architecture_names_the_choices() -> None:
-    with pytest.raises(ValueError, match="unknown architecture 'resnet'; choose one of: cnn, cnn_bn, lenet_bn, mlp"):
+    with pytest.raises(ValueError, match="unknown architecture 'resnet'; choose one of: cnn, cnn_bn, cnn_deep, lenet_bn, mlp"):
         model.build("resnet")
 
 
@@ -66,3 +66,27 @@ def test_augmented_cosine_training_runs_and_lowers_the_learning_rate() -> None:
     assert float(net.optimizer.learning_rate.numpy()) < 0.002  # cosine: epoch 2 runs below the base rate
     with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
         model.fit(net, (x, y), epochs=1, lr_schedule="step", progress=False)
+
+
+@pytest.mark.slow
+def test_an_ensemble_averages_its_members_and_saves_as_one_model(tmp_path: Path) -> None:
+    mnist = data.load()
+    (xt, yt), (xv, yv) = data.split(mnist.x_train, mnist.y_train, 0.1, seed=0, limit=600)
+    trained = model.train("mlp", (xt, yt), (xv, yv), members=3, learning_rate=0.002, seed=5, epochs=2,
+                          batch_size=64, progress=False)
+    assert trained.model.name == "mlp_x3" and trained.member_epochs == [2, 2, 2]
+    assert len(trained.history["loss"]) == 6 and len(trained.history["val_accuracy"]) == 6
+    members = [layer for layer in trained.model.layers if isinstance(layer, model.keras.Model)]
+    assert [m.name for m in members] == ["mlp_1", "mlp_2", "mlp_3"]
+    x = mnist.x_test[:64]
+    each = [model.predict_proba(m, x) for m in members]
+    assert not np.allclose(each[0], each[1]), "members are seeded differently"
+    np.testing.assert_allclose(model.predict_proba(trained.model, x), np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+    reloaded = model.load(model.save(trained.model, tmp_path / "ens.keras"))
+    np.testing.assert_allclose(model.predict_proba(reloaded, x), np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+    # member 1 of the ensemble is the single model trained with the same seed
+    single = model.train("mlp", (xt, yt), (xv, yv), members=1, learning_rate=0.002, seed=5, epochs=2,
+                         batch_size=64, progress=False)
+    assert single.model.name == "mlp" and single.history["loss"] == trained.history["loss"][:2]
+    with pytest.raises(ValueError, match="members must be at least 1"):
+        model.train("mlp", (xt, yt), members=0)

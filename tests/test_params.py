@@ -109,3 +109,13 @@ def test_cli_rejects_bad_parameters_fast_without_a_kernel(tmp_path: Path, args: 
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert not (tmp_path / "runs").exists(), "no run folder (and no kernel) before parameters are valid"
+
+
+@pytest.mark.parametrize("name", ["quick", "ci", "full"])
+def test_every_shipped_profile_fits_the_training_notebook(name: str) -> None:
+    from digitops import model, profiles
+
+    assert name in profiles.names()
+    checked = params.validate(TRAIN, profiles.load(name))
+    assert checked["architecture"] in model.ARCHITECTURES
+    assert checked.get("ensemble", 1) >= 1 and checked["epochs"] >= 1

@@ -396,3 +396,9 @@ def test_keras_callback_logs_every_epoch(tracker: SqliteTracker) -> None:
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert run.history[key] == pytest.approx(hist[key]), key
         assert len(run.history[key]) == 2
+    # an ensemble's members share one callback: their epochs follow one another as steps
+    tracker.start_run("k2")
+    trained = model_mod.train("mlp", (x, y), (x[:16], y[:16]), members=2, epochs=2, batch_size=32,
+                              callbacks=[TrackingCallback(tracker, "k2")], progress=False)
+    assert tracker.get_run("k2").history["loss"] == pytest.approx(trained.history["loss"])
+    assert len(trained.history["loss"]) == 4

@@ -8,8 +8,9 @@ normalisation.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of notebooks
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -21,7 +22,7 @@ INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 
 
-def _mlp() -> keras.Model:
+def _mlp(name: str = "mlp") -> keras.Model:
     """A small baseline: one hidden layer of 256 units (~97.8 % test accuracy)."""
     return keras.Sequential(
         [
@@ -32,11 +33,11 @@ def _mlp() -> keras.Model:
             keras.layers.Dropout(0.2),
             keras.layers.Dense(NUM_CLASSES, activation="softmax"),
         ],
-        name="mlp",
+        name=name,
     )
 
 
-def _cnn() -> keras.Model:
+def _cnn(name: str = "cnn") -> keras.Model:
     """Keras' classic MNIST convnet (~99.2 % after 12-15 epochs)."""
     return keras.Sequential(
         [
@@ -50,24 +51,39 @@ def _cnn() -> keras.Model:
             keras.layers.Dropout(0.5),
             keras.layers.Dense(NUM_CLASSES, activation="softmax"),
         ],
-        name="cnn",
+        name=name,
     )
+
+
+def _conv_bn(filters: int, kernel: int, strides: int = 1, padding: str = "valid") -> list[keras.layers.Layer]:
+    return [
+        keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+    ]
+
+
+def _dense_head(dropout: float) -> list[keras.layers.Layer]:
+    return [
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.Dropout(dropout),
+        keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+    ]
 
 
 def _conv_block(filters: int) -> list[keras.layers.Layer]:
     return [
-        keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
-        keras.layers.BatchNormalization(),
-        keras.layers.ReLU(),
-        keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
-        keras.layers.BatchNormalization(),
-        keras.layers.ReLU(),
+        *_conv_bn(filters, 3, padding="same"),
+        *_conv_bn(filters, 3, padding="same"),
         keras.layers.MaxPooling2D(2),
         keras.layers.Dropout(0.25),
     ]
 
 
-def _cnn_bn() -> keras.Model:
+def _cnn_bn(name: str = "cnn_bn") -> keras.Model:
     """A deeper convnet with batch norm (99.5 %+ with augmentation)."""
     return keras.Sequential(
         [
@@ -75,51 +91,63 @@ def _cnn_bn() -> keras.Model:
             keras.layers.Rescaling(1 / 255.0),
             *_conv_block(32),
             *_conv_block(64),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, use_bias=False),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
-            keras.layers.Dropout(0.4),
-            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+            *_dense_head(dropout=0.4),
         ],
-        name="cnn_bn",
+        name=name,
     )
 
 
-def _lenet_bn() -> keras.Model:
+def _lenet_bn(name: str = "lenet_bn") -> keras.Model:
     """Two 5x5 conv layers with batch norm: CPU-cheap (about 1.6x the classic CNN's work), 99.3 %+ in minutes."""
     return keras.Sequential(
         [
             keras.Input(INPUT_SHAPE),
             keras.layers.Rescaling(1 / 255.0),
-            keras.layers.Conv2D(32, 5, use_bias=False),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
+            *_conv_bn(32, 5),
             keras.layers.MaxPooling2D(2),
-            keras.layers.Conv2D(64, 5, use_bias=False),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
+            *_conv_bn(64, 5),
             keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, use_bias=False),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+            *_dense_head(dropout=0.3),
         ],
-        name="lenet_bn",
+        name=name,
     )
 
 
-ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
+def _cnn_deep(name: str = "cnn_deep") -> keras.Model:
+    """Six conv layers, pooling learnt by strided 5x5 convs, dropout 0.4 (after C. Deotte's MNIST design).
+
+    With augmentation and 15 cosine epochs: 99.60-99.68 % test accuracy, ~32 min on 2 CPU cores.
+    """
+    return keras.Sequential(
+        [
+            keras.Input(INPUT_SHAPE),
+            keras.layers.Rescaling(1 / 255.0),
+            *_conv_bn(32, 3),
+            *_conv_bn(32, 3),
+            *_conv_bn(32, 5, strides=2, padding="same"),
+            keras.layers.Dropout(0.4),
+            *_conv_bn(64, 3),
+            *_conv_bn(64, 3),
+            *_conv_bn(64, 5, strides=2, padding="same"),
+            keras.layers.Dropout(0.4),
+            *_dense_head(dropout=0.4),
+        ],
+        name=name,
+    )
+
+
+ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
     "mlp": _mlp,
     "cnn": _cnn,
     "lenet_bn": _lenet_bn,
     "cnn_bn": _cnn_bn,
+    "cnn_deep": _cnn_deep,
 }
 
 
-def build(architecture: str, learning_rate: float = 1e-3, seed: int | None = 0) -> keras.Model:
+def build(
+    architecture: str, learning_rate: float = 1e-3, seed: int | None = 0, name: str | None = None
+) -> keras.Model:
     """Build and compile the model named ``architecture`` (see ``ARCHITECTURES``)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(
@@ -127,7 +155,7 @@ def build(architecture: str, learning_rate: float = 1e-3, seed: int | None = 0) 
         )
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    model = ARCHITECTURES[architecture]()
+    model = ARCHITECTURES[architecture](name=name or architecture)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -172,6 +200,7 @@ def fit(
     lr_schedule: str = "constant",
     callbacks: list[keras.callbacks.Callback] | None = None,
     progress: bool = True,
+    progress_label: str = "",
 ) -> dict[str, list[float]]:
     """Train ``model`` and return its per-epoch history (loss, accuracy, val_*)."""
     import tensorflow as tf
@@ -207,10 +236,68 @@ def fit(
     if progress:
         from digitops.progress import KerasProgress
 
-        cbs.append(KerasProgress(epochs=epochs, steps=int(np.ceil(len(x) / batch_size))))
+        cbs.append(KerasProgress(epochs=epochs, steps=int(np.ceil(len(x) / batch_size)), label=progress_label))
     # shuffle=False: the dataset is already shuffled each epoch (seeded above).
     hist = model.fit(ds, validation_data=val_data, epochs=epochs, verbose=0, callbacks=cbs, shuffle=False)
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+
+
+def ensemble(members: Sequence[keras.Model], name: str) -> keras.Model:
+    """One model whose output is the mean of its members' class probabilities.
+
+    Saved, loaded and served like any single model, so evaluation, the
+    registry and the dashboard need not know it is an ensemble.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    if len(members) == 1:
+        return members[0]
+    inputs = keras.Input(INPUT_SHAPE)
+    outputs = keras.layers.Average(name="mean_probability")([m(inputs) for m in members])
+    return keras.Model(inputs, outputs, name=name)
+
+
+@dataclass
+class Trained:
+    """What :func:`train` returns: the model, the per-epoch history, and each member's epoch count."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    member_epochs: list[int] = field(default_factory=list)
+
+
+def train(
+    architecture: str,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    members: int = 1,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    **fit_options: Any,
+) -> Trained:
+    """Build and fit ``members`` models seeded ``seed, seed+1, ...``; average them when there are several.
+
+    ``fit_options`` go to :func:`fit` for every member. The history runs on
+    across members (member 2's first epoch follows member 1's last), which
+    is how the tracker's steps and the training curves show it.
+    """
+    if members < 1:
+        raise ValueError(f"members must be at least 1, got {members}")
+    nets: list[keras.Model] = []
+    history: dict[str, list[float]] = {}
+    member_epochs: list[int] = []
+    for i in range(members):
+        net = build(architecture, learning_rate=learning_rate, seed=seed + i,
+                    name=f"{architecture}_{i + 1}" if members > 1 else None)
+        label = f"model {i + 1}/{members} " if members > 1 else ""
+        h = fit(net, train, validation, seed=seed + i, progress_label=label, **fit_options)
+        for key, values in h.items():
+            history.setdefault(key, []).extend(values)
+        member_epochs.append(len(h.get("loss", [])))
+        nets.append(net)
+    name = architecture if members == 1 else f"{architecture}_x{members}"
+    return Trained(ensemble(nets, name=name), history, member_epochs)
 
 
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:

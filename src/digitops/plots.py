@@ -18,14 +18,24 @@ def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
     return fig
 
 
-def training_curves(history: dict[str, Sequence[float]], path: str | os.PathLike | None = None) -> Figure:
-    """Loss and accuracy per epoch, training and validation side by side."""
+def training_curves(
+    history: dict[str, Sequence[float]],
+    path: str | os.PathLike | None = None,
+    member_epochs: Sequence[int] = (),
+) -> Figure:
+    """Loss and accuracy per epoch, training and validation side by side.
+
+    With ``member_epochs`` (an ensemble's epochs per model) a dotted line
+    marks where each next model's training starts.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
             values = history.get(key)
             if values:
                 ax.plot(range(1, len(values) + 1), values, style, label=key)
+        for boundary in np.cumsum(member_epochs)[:-1]:
+            ax.axvline(boundary + 0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)

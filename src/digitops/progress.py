@@ -22,15 +22,15 @@ def _tqdm() -> Any:
 class KerasProgress(keras.callbacks.Callback):
     """One bar per epoch over its batches, with loss/accuracy in the postfix."""
 
-    def __init__(self, epochs: int, steps: int) -> None:
+    def __init__(self, epochs: int, steps: int, label: str = "") -> None:
         super().__init__()
-        self.epochs, self.steps = epochs, steps
+        self.epochs, self.steps, self.label = epochs, steps, label
         self._bar: Any = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._bar = _tqdm()(
             total=self.steps,
-            desc=f"epoch {epoch + 1}/{self.epochs}",
+            desc=f"{self.label}epoch {epoch + 1}/{self.epochs}",
             unit="batch",
             file=sys.stdout,
             mininterval=1.0,

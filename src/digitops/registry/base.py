@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import os
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,13 @@ class Registry(abc.ABC):
         self, name: str, dest: str | os.PathLike, *, version: str | None = None, status: str | None = None
     ) -> Path:
         """Copy a version's file to ``dest`` (a folder or a ``.keras`` path), checksum verified."""
+
+
+def looks_like_keras(path: Path) -> bool:
+    """Whether ``path`` has the shape of a Keras 3 ``.keras`` file."""
+    # A cheap structural check (no Keras import): Keras 3 writes a zip holding config.json.
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "config.json" in z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False

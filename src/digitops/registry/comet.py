@@ -45,12 +45,12 @@ from digitops.registry.base import (
     ModelVersion,
     Registry,
     RegistryError,
+    looks_like_keras,
 )
 from digitops.registry.sqlite import (
     BUMPS,
     MODEL_FILE,
     SqliteRegistry,
-    _looks_like_keras,
     current_user,
     next_version,
     sha256_file,
@@ -219,7 +219,7 @@ class CometRegistry(Registry):
         src = Path(model_path)
         if not src.is_file():
             raise RegistryError(f"cannot register {src}: no such file")
-        if src.suffix != ".keras" or not _looks_like_keras(src):
+        if src.suffix != ".keras" or not looks_like_keras(src):
             raise RegistryError(f"cannot register {src}: not a Keras 3 model file (a .keras zip with config.json)")
         digest = sha256_file(src)
         try:

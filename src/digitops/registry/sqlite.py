@@ -29,7 +29,6 @@ import re
 import shutil
 import sqlite3
 import tempfile
-import zipfile
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from digitops.registry.base import (
     ModelVersion,
     Registry,
     RegistryError,
+    looks_like_keras,
 )
 
 SCHEMA_VERSION = 1
@@ -123,15 +123,6 @@ def next_version(latest: tuple[int, int, int] | None, bump: str = "minor") -> tu
     if bump == "patch":
         return (major, minor, patch + 1)
     raise RegistryError(f"unknown bump {bump!r}; choose one of: {', '.join(BUMPS)}")
-
-
-def _looks_like_keras(path: Path) -> bool:
-    # A cheap structural check (no Keras import): Keras 3 writes a zip holding config.json.
-    try:
-        with zipfile.ZipFile(path) as z:
-            return "config.json" in z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def _check_name(name: str) -> None:
@@ -215,7 +206,7 @@ class SqliteRegistry(Registry):
             raise RegistryError(f"cannot register {src}: no such file")
         if src.suffix != ".keras":
             raise RegistryError(f"cannot register {src}: models are registered as .keras files")
-        if not _looks_like_keras(src):
+        if not looks_like_keras(src):
             raise RegistryError(
                 f"cannot register {src}: not a Keras 3 model file (a zip with config.json); "
                 "save it with digitops.model.save"

@@ -14,12 +14,17 @@ from digitops.tracking.base import Tracker
 
 
 class TrackingCallback(keras.callbacks.Callback):
-    """Log every numeric entry of an epoch's ``logs`` with ``step=epoch``."""
+    """Log every numeric entry of an epoch's ``logs``, one step per epoch.
+
+    Steps count on across ``fit`` calls (Keras restarts ``epoch`` at 0 for
+    each), so an ensemble's members follow one another in the tracker.
+    """
 
     def __init__(self, tracker: Tracker, run_id: str) -> None:
         super().__init__()
         self.tracker = tracker
         self.run_id = run_id
+        self.step = 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         values: dict[str, float] = {}
@@ -30,4 +35,5 @@ class TrackingCallback(keras.callbacks.Callback):
                 continue  # Keras may put non-scalars in logs; the tracker only takes numbers
             values[key] = number
         if values:
-            self.tracker.log_metrics(self.run_id, values, step=epoch)
+            self.tracker.log_metrics(self.run_id, values, step=self.step)
+        self.step += 1
