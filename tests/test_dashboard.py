@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 import browser
 from digitops.dashboard import loader, server
-from digitops.registry.base import RegistryError
+from digitops.registry.base import RegistryError, sha256_file
 from digitops.registry.sqlite import SqliteRegistry
 
 NAME = "mnist-digits"
@@ -99,7 +99,7 @@ def test_production_is_fetched_once_and_cached_by_version(home, tiny_models):
     assert (got.version, got.sha256) == (mv.version, mv.sha256)
     path = loader.fetch(got, reg)
     assert path == home / "model-cache" / NAME / mv.version / "model.keras"
-    assert loader.sha256_of(path) == mv.sha256
+    assert sha256_file(path) == mv.sha256
     assert loader.fetch(got, reg) == path
     assert CountingRegistry.downloads == 1
     record = json.loads((path.parent / "version.json").read_text())
@@ -146,7 +146,7 @@ def test_pinned_version_is_served_instead_of_production(home, tiny_models, monke
     assert (got.version, got.run_id, got.sha256) == (v2.version, "run-b", v2.sha256)
     loaded = loader.load()
     assert loaded.version.version == v2.version
-    assert loader.sha256_of(loaded.path) == v2.sha256
+    assert sha256_file(loaded.path) == v2.sha256
     proba = loader.predict(loaded, np.zeros((28, 28), np.uint8))
     assert proba.shape == (10,) and abs(float(proba.sum()) - 1.0) < 1e-4
 

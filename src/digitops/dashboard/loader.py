@@ -11,7 +11,6 @@ is refused rather than served.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from digitops import config
+from digitops.registry.base import sha256_file
 
 if TYPE_CHECKING:
     from digitops.registry.base import ModelVersion, Registry
@@ -78,15 +78,6 @@ def cached_record(name: str, version: str) -> ModelVersion | None:
         raise ChecksumError(f"unreadable model record {path}: {exc}; delete {path.parent} to fetch it again") from None
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def no_model_help(name: str) -> str:
     """Plain-text steps to get a first production model, shown instead of a traceback."""
     return (
@@ -130,7 +121,7 @@ def resolve(registry: Registry | None = None, name: str | None = None, pinned: s
 
 def verify(path: Path, version: ModelVersion) -> None:
     """Raise :class:`ChecksumError` unless ``path`` has the SHA256 the registry recorded."""
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != version.sha256:
         raise ChecksumError(
             f"refusing to load {path}: its SHA256 is {actual[:12]}... but the registry records "

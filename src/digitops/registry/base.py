@@ -8,6 +8,7 @@ download can always be verified. At most one version is ``production``.
 from __future__ import annotations
 
 import abc
+import hashlib
 import os
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -99,3 +100,12 @@ def looks_like_keras(path: Path) -> bool:
             return "config.json" in z.namelist()
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

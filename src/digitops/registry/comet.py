@@ -46,6 +46,7 @@ from digitops.registry.base import (
     Registry,
     RegistryError,
     looks_like_keras,
+    sha256_file,
 )
 from digitops.registry.sqlite import (
     BUMPS,
@@ -53,7 +54,6 @@ from digitops.registry.sqlite import (
     SqliteRegistry,
     current_user,
     next_version,
-    sha256_file,
 )
 
 TO_COMET = {NONE: "None", STAGING: "Staging", PRODUCTION: "Production", ARCHIVED: "None"}

@@ -22,7 +22,6 @@ effect, so repeated rollbacks walk back through earlier production versions.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 import re
@@ -44,6 +43,7 @@ from digitops.registry.base import (
     Registry,
     RegistryError,
     looks_like_keras,
+    sha256_file,
 )
 
 SCHEMA_VERSION = 1
@@ -91,15 +91,6 @@ _VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 def _migrate(con: sqlite3.Connection, from_version: int) -> None:
     if from_version == 0:
         _sqlite.run_script(con, _SCHEMA_V1)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def current_user() -> str:

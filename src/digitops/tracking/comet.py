@@ -146,7 +146,7 @@ class RunState:
 
 
 def _sha256(path: str) -> str | None:
-    from digitops.registry.sqlite import sha256_file
+    from digitops.registry.base import sha256_file
 
     try:
         return sha256_file(path)
