@@ -1,6 +1,6 @@
 """Baseline for the notebook-overhead benchmark: the training notebook's work as a plain script.
 
-Same calls as notebooks/train.ipynb (data, split, build, fit, save, curves),
+Same calls as notebooks/train.ipynb (data, split, train, save, curves),
 without papermill, nbconvert or tracking.
 """
 
@@ -26,10 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     mnist = data.load()
     (x_train, y_train), (x_val, y_val) = data.split(mnist.x_train, mnist.y_train, 0.1, args.seed, args.limit)
-    net = model.build(args.architecture, seed=args.seed)
     started = time.perf_counter()
-    history = model.fit(net, (x_train, y_train), (x_val, y_val), epochs=args.epochs,
-                        batch_size=args.batch_size, seed=args.seed, progress=False)
+    trained = model.train(args.architecture, (x_train, y_train), (x_val, y_val), seed=args.seed, epochs=args.epochs,
+                          batch_size=args.batch_size, progress=False)
+    net, history = trained.model, trained.history
     train_seconds = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(net, args.out / "model.keras")

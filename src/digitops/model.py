@@ -259,11 +259,13 @@ def ensemble(members: Sequence[keras.Model], name: str) -> keras.Model:
 
 @dataclass
 class Trained:
-    """What :func:`train` returns: the model, the per-epoch history, and each member's epoch count."""
+    """What :func:`train` returns: the model, the per-epoch history, each member's epoch count, and
+    ``final``: last-epoch loss/accuracy and the saved model's own val_loss/val_accuracy."""
 
     model: keras.Model
     history: dict[str, list[float]]
     member_epochs: list[int] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
 
 
 def train(
@@ -297,7 +299,13 @@ def train(
         member_epochs.append(len(h.get("loss", [])))
         nets.append(net)
     name = architecture if members == 1 else f"{architecture}_x{members}"
-    return Trained(ensemble(nets, name=name), history, member_epochs)
+    net = ensemble(nets, name=name)
+    final = {k: v[-1] for k, v in history.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+    if members > 1 and validation is not None and len(validation[0]):
+        # The last epoch's validation scores are the last member's; the average has its own.
+        scores = evaluate(net, *validation)
+        final.update(val_loss=scores["test_loss"], val_accuracy=scores["test_accuracy"])
+    return Trained(net, history, member_epochs, final)
 
 
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
