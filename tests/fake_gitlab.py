@@ -5,9 +5,14 @@ driven end to end without a network. It is strict on purpose: what the real
 API refuses, it refuses (no token or a wrong one -> 401, a CI job token on
 note writes and uploads -> 401, editing a note someone else wrote -> 403,
 unknown route -> 404, known route with the wrong method -> 405, a missing
-``body``/``ref`` -> 400), and list endpoints paginate with the same
+``body``/``ref`` -> 400, a note over 1,000,000 characters -> 400), and list
+endpoints paginate with the same
 ``Link``/``X-*`` headers GitLab sends, so a client that ignores them misses
 notes.
+
+Faults: :meth:`FakeGitLab.fail_next` answers the next (matching) requests with
+an error status, either instead of handling them or, with ``saved=True``, after
+handling them ("saved then error": a proxy times out while GitLab commits).
 
 Use it as a context manager; it serves from a thread, so a subprocess (the
 ``digitops`` CLI, gitlab-ci-local jobs) can talk to it while the test waits.
@@ -64,6 +69,22 @@ class Project:
     trigger_tokens: set[str] = field(default_factory=set)
 
 
+@dataclass
+class _Fault:
+    """One injected error answer; ``method``/``path`` None match every request."""
+
+    status: int
+    headers: dict[str, str]
+    saved: bool = False
+    method: str | None = None
+    path: str | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and (
+            self.path is None or re.search(self.path, path) is not None
+        )
+
+
 class HttpError(Exception):
     """Ends a request with a GitLab-style JSON error."""
 
@@ -95,7 +116,7 @@ class FakeGitLab:
         self.upload_bytes: dict[str, bytes] = {}
         self.pipelines: list[dict[str, Any]] = []
         self.requests: list[RecordedRequest] = []
-        self._faults: list[tuple[int, dict[str, str]]] = []
+        self._faults: list[_Fault] = []
         self._next_id = 1000
         self._lock = threading.RLock()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
@@ -144,10 +165,26 @@ class FakeGitLab:
         with self._lock:
             return self._new_note(key, body, author or HUMAN, system=system)
 
-    def fail_next(self, count: int, status: int = 502, headers: dict[str, str] | None = None) -> None:
-        """Answer the next ``count`` requests with ``status`` (a proxy error or a rate limit)."""
+    def fail_next(
+        self,
+        count: int,
+        status: int = 502,
+        headers: dict[str, str] | None = None,
+        *,
+        saved: bool = False,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` requests with ``status`` (a proxy error or a rate limit).
+
+        ``method`` and ``path`` (a regular expression searched in the path)
+        limit the fault to matching requests; others pass. With ``saved`` the
+        request is first handled as usual (a note is created) and only the
+        answer is replaced by the error, as when GitLab commits but the proxy
+        in front of it gives up.
+        """
         with self._lock:
-            self._faults.extend([(status, dict(headers or {}))] * count)
+            self._faults.extend([_Fault(status, dict(headers or {}), saved, method, path)] * count)
 
     def mr_notes(self, project_id: int | None = None, mr_iid: int | None = None) -> list[dict[str, Any]]:
         """All notes of an MR, oldest first."""
@@ -266,9 +303,16 @@ class FakeGitLab:
         try:
             with self._lock:
                 self.requests.append(record)
-                fault = self._faults.pop(0) if self._faults else None
+                fault = next((f for f in self._faults if f.matches(method, split.path)), None)
+                if fault is not None:
+                    self._faults.remove(fault)
             if fault is not None:
-                status, headers = fault
+                if fault.saved:
+                    try:
+                        self._route(method, split.path, record)  # done, but the answer is lost
+                    except HttpError:
+                        pass
+                status, headers = fault.status, fault.headers
                 raw = f"<html><body><h1>{status}</h1>injected fault</body></html>".encode()
                 self._send(handler, record, status, raw, "text/html", headers)
                 return

@@ -13,16 +13,27 @@ API itself does not offer:
 * relative links to the executed notebooks replaced by absolute URLs into the
   artifacts of the CI job that produced them;
 * errors that say what to do, above all for the CI job token, which can read
-  merge requests but cannot write notes or upload files.
+  merge requests but cannot write notes or upload files;
+* a note creation that is never sent twice blindly: when its answer is lost
+  (a 5xx or a dropped connection after GitLab may have saved it), the notes
+  are searched for the marker again before another try;
+* a report over GitLab's note limit shortened before anything is uploaded
+  (:func:`digitops.report.shorten_markdown`), never refused;
+* a cap on the total time one command waits on ``Retry-After``
+  (``DIGITOPS_GITLAB_MAX_WAIT``, default 120 s): python-gitlab obeys any
+  ``Retry-After`` for each of its retries, so a server repeating
+  ``Retry-After: 60`` would hold a job for minutes per request.
 
 The token is never printed, logged or put into a note or an error message.
 """
 
 from __future__ import annotations
 
+import email.utils
 import os
 import posixpath
 import re
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +55,15 @@ VARIABLE_HELP: dict[str, str] = {
     "RUN_ID": "run whose notebooks the note links, from the evaluate job's dotenv report",
     "TRAIN_JOB_ID": "job whose artifacts hold train.html, from the evaluate job's dotenv report",
     "EVALUATE_JOB_ID": "job whose artifacts hold evaluate.html, from its dotenv report",
+    "DIGITOPS_GITLAB_MAX_WAIT": "seconds one command may wait in all on GitLab's Retry-After (default 120)",
 }
+#: GitLab refuses note bodies longer than this many characters (HTTP 400).
+MAX_NOTE_CHARS = 1_000_000
+#: what one uploaded image's Markdown may add to the note over its relative link
+_UPLOAD_GROWTH = 200
+DEFAULT_MAX_WAIT = 120.0
+#: answers after which a request may have been carried out although no answer arrived
+_LOST_ANSWER_CODES = (500, 502, 503, 504)
 #: The variables ``settings_from_env`` reads.
 SETTINGS_VARIABLES = ("GITLAB_TOKEN", "CI_SERVER_URL", "CI_MERGE_REQUEST_PROJECT_ID", "CI_MERGE_REQUEST_IID",
                       "CI_PROJECT_URL")
@@ -85,6 +104,10 @@ class GitLabAuthError(GitLabError):
     """GitLab answered 401 or 403: a wrong, expired or under-privileged token."""
 
 
+class GitLabWaitError(GitLabError):
+    """GitLab asked to wait (``Retry-After``) beyond what this command may still wait."""
+
+
 @dataclass(frozen=True)
 class GitLabSettings:
     """Where and as whom to publish: usually read from GitLab CI's variables."""
@@ -98,6 +121,8 @@ class GitLabSettings:
     #: retries of one request after 429/5xx or a connection error; backoff 0.1 s doubling
     #: (8 retries wait about 25 s in all) unless GitLab sends Retry-After
     max_retries: int = 8
+    #: seconds this command may wait in all on Retry-After / RateLimit-Reset before failing
+    max_wait: float = DEFAULT_MAX_WAIT
 
 
 @dataclass(frozen=True)
@@ -140,12 +165,28 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> GitLabSettings:
     if not iid.isdigit():
         raise GitLabConfigError([], hint=f"CI_MERGE_REQUEST_IID must be a number, got {iid!r}")
     return GitLabSettings(
+        max_wait=max_wait_from_env(env),
         server_url=env["CI_SERVER_URL"].strip().rstrip("/"),
         token=env["GITLAB_TOKEN"].strip(),
         project_id=env["CI_MERGE_REQUEST_PROJECT_ID"].strip(),
         mr_iid=int(iid),
         project_url=env["CI_PROJECT_URL"].strip().rstrip("/"),
     )
+
+
+def max_wait_from_env(env: Mapping[str, str] | None = None) -> float:
+    """``DIGITOPS_GITLAB_MAX_WAIT`` in seconds (default 120); :class:`GitLabConfigError` if not a number >= 0."""
+    env = os.environ if env is None else env
+    raw = env.get("DIGITOPS_GITLAB_MAX_WAIT", "").strip()
+    if not raw:
+        return DEFAULT_MAX_WAIT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise GitLabConfigError([], hint=f"DIGITOPS_GITLAB_MAX_WAIT must be a number of seconds >= 0, got {raw[:40]!r}")
+    return value
 
 
 # --------------------------------------------------------------------- Markdown
@@ -273,10 +314,34 @@ def prepare_note(
 # -------------------------------------------------------------------------- API
 
 
-class _Client(gitlab.Gitlab):
-    """python-gitlab's client with a per-client bound on retries (its own default is 10 per request)."""
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds GitLab asks to wait (``Retry-After`` seconds or date, else ``RateLimit-Reset``), or None."""
+    raw = headers.get("Retry-After")
+    if raw is not None:
+        raw = raw.strip()
+        if raw.isdigit():
+            return float(raw)
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(raw).timestamp() - time.time())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    reset = headers.get("RateLimit-Reset")
+    if reset is not None and reset.strip().isdigit():
+        return max(0.0, int(reset) - time.time())
+    return None
 
-    def __init__(self, url: str, *, max_retries: int, **kwargs: Any) -> None:
+
+class _Client(gitlab.Gitlab):
+    """python-gitlab's client with a per-client bound on retries (its own default is 10 per request)
+    and on the total time spent obeying ``Retry-After``.
+
+    python-gitlab sleeps whatever ``Retry-After`` says before each retry
+    (``utils.Retry``, no cap of its own). Each answer passes through
+    :meth:`_checked` first: one that would make this client's total wait pass
+    ``max_wait`` raises :class:`GitLabWaitError` instead of being slept on.
+    """
+
+    def __init__(self, url: str, *, max_retries: int, max_wait: float = DEFAULT_MAX_WAIT, **kwargs: Any) -> None:
         super().__init__(
             url,
             retry_transient_errors=True,
@@ -284,6 +349,26 @@ class _Client(gitlab.Gitlab):
             **kwargs,
         )
         self._digitops_max_retries = max_retries
+        self.max_wait, self.waited = max_wait, 0.0
+        self._send = self._backend.http_request
+        self._backend.http_request = self._checked  # type: ignore[method-assign]
+
+    def _checked(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._send(*args, **kwargs)
+        if result.status_code == 429 or result.status_code in _LOST_ANSWER_CODES:
+            wait = _retry_after(result.headers)
+            if wait is None and "Retry-After" in result.headers:
+                del result.headers["Retry-After"]  # unreadable: python-gitlab's own short backoff, not a crash
+            elif wait is not None:
+                if self.waited + wait > self.max_wait:
+                    raise GitLabWaitError(
+                        f"GitLab answered HTTP {result.status_code} and asked to wait {wait:.0f} s more "
+                        f"after {self.waited:.0f} s of waiting; this command waits at most {self.max_wait:g} s "
+                        "(DIGITOPS_GITLAB_MAX_WAIT): try again later"
+                    )
+                self.waited += wait
+                result.headers["Retry-After"] = str(int(wait + 0.999))
+        return result
 
     def http_request(self, *args: Any, max_retries: int | None = None, **kwargs: Any) -> requests.Response:
         if max_retries is None:
@@ -297,6 +382,7 @@ def _client(settings: GitLabSettings) -> gitlab.Gitlab:
         private_token=settings.token,
         timeout=settings.timeout,
         max_retries=settings.max_retries,
+        max_wait=settings.max_wait,
     )
 
 
@@ -323,6 +409,8 @@ def _api(action: str, server_url: str, *, not_found: str = _MR_NOT_FOUND) -> Ite
     """Turn python-gitlab and requests errors into messages that say what to do."""
     try:
         yield
+    except GitLabWaitError as exc:
+        raise GitLabWaitError(f"GitLab could not {action}: {exc}") from None
     except gitlab.exceptions.GitlabAuthenticationError as exc:
         raise GitLabAuthError(
             f"GitLab refused to {action} (HTTP 401 Unauthorized): the token is invalid, expired or "
@@ -342,23 +430,78 @@ def _api(action: str, server_url: str, *, not_found: str = _MR_NOT_FOUND) -> Ite
         raise GitLabError(f"cannot reach GitLab at {server_url} to {action}: {type(exc).__name__}") from exc
 
 
+def _find_note(mr: Any, author_id: int, marker: str, url: str) -> Any | None:
+    """The oldest note on ``mr`` written by ``author_id`` whose first line is ``marker`` (all pages)."""
+    with _api(f"list the notes of merge request !{mr.iid}", url):
+        for note in mr.notes.list(iterator=True, sort="asc", order_by="created_at"):
+            if not note.system and note.author.get("id") == author_id and find_marker(note.body or "") == marker:
+                return note
+    return None
+
+
+def _edit_note(note: Any, body: str, mr_iid: int, url: str) -> None:
+    # A PUT of the same body is idempotent, so python-gitlab's own retries are safe here.
+    with _api(f"edit note {note.id} on merge request !{mr_iid}", url):
+        note.body = body
+        note.save()
+
+
+def _create_note(mr: Any, body: str, *, author_id: int, marker: str, settings: GitLabSettings) -> Any:
+    """Create the report note at most once, even when GitLab saves it but the answer is lost.
+
+    The POST itself is never retried by python-gitlab (a 502 from a proxy may
+    come after GitLab committed the note); after a lost answer the notes are
+    searched for the marker again, and only when it is not there is the note
+    posted again, after a short backoff. Rate limits (429) are answered before
+    anything is saved, so python-gitlab still retries those itself.
+    """
+    url, action = settings.server_url, f"create a note on merge request !{settings.mr_iid}"
+    for attempt in range(settings.max_retries + 1):
+        with _api(action, url):
+            try:
+                return mr.notes.create({"body": body}, retry_transient_errors=False)
+            except (gitlab.exceptions.GitlabError, requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as exc:
+                code = getattr(exc, "response_code", None)
+                lost = code in _LOST_ANSWER_CODES or isinstance(exc, requests.RequestException)
+                if not lost or attempt == settings.max_retries:
+                    raise
+        found = _find_note(mr, author_id, marker, url)
+        if found is not None:  # saved although the answer was lost: do not post it twice
+            if (found.body or "") != body:
+                _edit_note(found, body, settings.mr_iid, url)
+            return found
+        time.sleep(min(0.1 * 2**attempt, 5.0))
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
 def publish_mr_note(
     markdown: str,
     *,
     settings: GitLabSettings,
     image_dir: str | os.PathLike[str] | None = None,
     marker: str | None = None,
+    full_report_url: str | None = None,
 ) -> NoteResult:
     """Upload the report's images and create or edit the merge request's single report note.
 
     The note to edit is the oldest one written by the token's user whose first
     line is ``marker`` (the report's own marker when None); all pages of the
-    merge request's notes are searched. Local images (relative Markdown image
-    targets found in ``image_dir``) are uploaded first and replaced by the
+    merge request's notes are searched. A body over GitLab's note limit is
+    shortened first (sections dropped, ``full_report_url`` linked, the note
+    says so), before anything is uploaded. Local images (relative Markdown
+    image targets found in ``image_dir``) are uploaded and replaced by the
     Markdown GitLab returns.
     """
+    from digitops.report import shorten_markdown
+
     marker = marker or find_marker(markdown) or default_marker()
     body = prepare_note(markdown, marker=marker)
+    if image_dir is not None:
+        reserve = _UPLOAD_GROWTH * len(local_images(body))
+        body, _ = shorten_markdown(body, MAX_NOTE_CHARS - reserve, full_report=full_report_url)
+    else:
+        body, _ = shorten_markdown(body, MAX_NOTE_CHARS, full_report=full_report_url)
     gl = _client(settings)
     url = settings.server_url
 
@@ -381,26 +524,15 @@ def publish_mr_note(
                 info = project.upload(path.name, filepath=str(path))
             uploaded[target] = str(info["markdown"])
         body = replace_images(body, uploaded)
+    if len(body) > MAX_NOTE_CHARS:  # only if GitLab's upload Markdown were far longer than ever seen
+        raise GitLabError(f"the note is {len(body):,} characters, over GitLab's limit of {MAX_NOTE_CHARS:,}")
 
-    with _api(f"list the notes of merge request !{settings.mr_iid}", url):
-        existing = None
-        for note in mr.notes.list(iterator=True, sort="asc", order_by="created_at"):
-            if (
-                not note.system
-                and note.author.get("id") == me.id
-                and find_marker(note.body or "") == marker
-            ):
-                existing = note
-                break
-
+    existing = _find_note(mr, me.id, marker, url)
     if existing is not None:
-        with _api(f"edit note {existing.id} on merge request !{settings.mr_iid}", url):
-            existing.body = body
-            existing.save()
+        _edit_note(existing, body, settings.mr_iid, url)
         note_id, action = int(existing.id), "updated"
     else:
-        with _api(f"create a note on merge request !{settings.mr_iid}", url):
-            created = mr.notes.create({"body": body})
+        created = _create_note(mr, body, author_id=me.id, marker=marker, settings=settings)
         note_id, action = int(created.id), "created"
     return NoteResult(note_id=note_id, action=action, url=f"{mr.web_url}#note_{note_id}")
 
@@ -414,6 +546,7 @@ def trigger_downstream(
     variables: Mapping[str, str] | None = None,
     timeout: float = 30.0,
     max_retries: int = 8,
+    max_wait: float | None = None,
 ) -> TriggerResult:
     """Start a pipeline of ``project`` (id or ``group/name``) on ``ref`` with ``variables``.
 
@@ -422,7 +555,8 @@ def trigger_downstream(
     in its job token allowlist); it travels in the request body, as the
     trigger API expects, so no other credential is needed.
     """
-    gl = _Client(server_url, timeout=timeout, max_retries=max_retries)
+    wait = max_wait_from_env() if max_wait is None else max_wait
+    gl = _Client(server_url, timeout=timeout, max_retries=max_retries, max_wait=wait)
     downstream = gl.projects.get(project, lazy=True)
     values = {str(k): str(v) for k, v in (variables or {}).items()}
     with _api(f"trigger a pipeline of {project} on {ref}", server_url, not_found=_TRIGGER_NOT_FOUND):

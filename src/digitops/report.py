@@ -449,3 +449,117 @@ def write_report(
         }
     paths["json"].write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     return paths
+
+
+# --------------------------------------------------------------- shortening
+
+#: what :func:`shorten_markdown` says at the top of a shortened note
+SHORTENED_PREFIX = "**shortened:**"
+_NAME_CHARS, _NAMES_SHOWN = 60, 8
+
+
+def _blocks(body: str) -> list[str]:
+    """``body`` cut at blank lines; a ``<details>`` element and a ``####`` heading with what follows stay whole."""
+    blocks: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for line in body.split("\n"):
+        stripped = line.strip()
+        depth += stripped.startswith("<details") - (stripped == "</details>")
+        if not stripped and depth <= 0 and current:
+            if not (len(current) == 1 and current[0].startswith("#### ")):
+                blocks.append("\n".join(current))
+                current = []
+            continue
+        if stripped or current:
+            current.append(line)
+    if current:
+        blocks.append("\n".join(current))
+    return blocks
+
+
+def _block_name(block: str) -> str:
+    first = block.split("\n", 1)[0].strip()
+    for start, name in (("- ", "gate reasons"), ("<sub>", "footer"), ("_", "note"), ("|", "table")):
+        if first.startswith(start):
+            return name
+    if first.startswith("**") and "**" in first[2:]:
+        first = first[2:].split("**", 1)[0]
+    if first.startswith("<details"):
+        found = re.search(r"<summary>(.*?)</summary>", block, re.S)
+        first = html.unescape(found.group(1)) if found else "details"
+    first = first.lstrip("#-*_ ").rstrip("*_ ")
+    first = " ".join(first.split())
+    return first if len(first) <= _NAME_CHARS else first[:_NAME_CHARS] + "..."
+
+
+def _removal_order(blocks: list[str]) -> list[int]:
+    """Indices of the blocks a note can lose, least important first.
+
+    The verdict (``###`` headline), the facts line, the first table (the
+    metrics) and the gate line are never dropped here. Then, each group
+    from the end of the report up: ``<details>`` sections, ``####``
+    sections (images), everything else (reasons, notes, links, footer).
+    """
+    keep: set[int] = set()
+    table_seen = False
+    for i, block in enumerate(blocks):
+        if block.startswith(("<!--", "### ", "**Gate:**")) or (i > 0 and blocks[i - 1].startswith("### ") and not block.startswith("|")):
+            keep.add(i)
+        elif block.startswith("|") and not table_seen:
+            keep.add(i)
+            table_seen = True
+    details = [i for i, b in enumerate(blocks) if b.startswith("<details") and i not in keep]
+    headed = [i for i, b in enumerate(blocks) if b.startswith("#### ") and i not in keep]
+    rest = [i for i in range(len(blocks)) if i not in keep and i not in details and i not in headed]
+    return details[::-1] + headed[::-1] + rest[::-1]
+
+
+def _notice(dropped: list[str], limit: int, full_report: str | None, everything: bool) -> str:
+    names = dropped[:_NAMES_SHOWN] + ([f"{len(dropped) - _NAMES_SHOWN} more"] if len(dropped) > _NAMES_SHOWN else [])
+    what = "everything but the verdict and the metrics" if everything else ", ".join(names)
+    where = f"[report.html]({full_report})" if full_report else "report.html (`digitops report RUN`)"
+    return (
+        f"> {SHORTENED_PREFIX} the report is longer than GitLab's {limit:,}-character note limit; "
+        f"left out: {_md_cell(what)}. Full report: {where}"
+    )
+
+
+def shorten_markdown(markdown: str, limit: int, *, full_report: str | None = None) -> tuple[str, list[str]]:
+    """``markdown`` cut to at most ``limit`` characters, and the names of the sections left out.
+
+    Unchanged (and ``[]``) when it fits. Otherwise whole sections are dropped in
+    :func:`_removal_order` until it fits; if the verdict, the facts, the metrics
+    table and the gate line alone are still too long, the note becomes the
+    verdict and the metrics table. Either way a line under the verdict says
+    ``shortened:``, what was left out and links ``full_report`` (report.html).
+    """
+    if len(markdown) <= limit:
+        return markdown, []
+    lines = markdown.split("\n")
+    marker = lines[0] if lines and lines[0].startswith("<!--") else ""
+    blocks = _blocks("\n".join(lines[1:] if marker else lines))
+    order = _removal_order(blocks)
+
+    def assemble(kept: list[str], notice: str) -> str:
+        head = [marker] if marker else []
+        at = next((i for i, b in enumerate(kept) if b.startswith("### ")), -1) + 1
+        parts = kept[:at] + [notice] + kept[at:]
+        return "\n".join(head) + ("\n" if head else "") + "\n\n".join(parts) + "\n"
+
+    dropped: list[int] = []
+    for index in order:
+        dropped.append(index)
+        names = [_block_name(blocks[i]) for i in sorted(dropped)]
+        kept = [b for i, b in enumerate(blocks) if i not in dropped]
+        text = assemble(kept, _notice(names, limit, full_report, False))
+        if len(text) <= limit:
+            return text, names
+    # Last resort: the verdict and the metrics table, each cut to what fits.
+    essentials = [b for b in blocks if b.startswith("### ")][:1] + [b for b in blocks if b.startswith("|")][:1]
+    names = [_block_name(b) for b in blocks if b not in essentials]
+    notice = _notice(names, limit, full_report, True)
+    room = max(0, limit - len(assemble([], notice)) - 4 * len(essentials))
+    cut = [b if len(b) <= room // max(len(essentials), 1) else b[: room // max(len(essentials), 1)] for b in essentials]
+    text = assemble(cut, notice)
+    return (text if len(text) <= limit else text[:limit]), names

@@ -51,6 +51,20 @@ def _read_report(report_dir: Path | None, run_id: str | None, workdir: Path) -> 
     return paths["markdown"].read_text(encoding="utf-8"), workdir
 
 
+def _report_html_url(report_dir: Path | None, project_url: str) -> str | None:
+    """Where this CI job's artifacts will hold report.html (linked when the note must be shortened)."""
+    job_id = os.environ.get("CI_JOB_ID", "").strip()
+    if report_dir is None or not job_id or not project_url or not (report_dir / "report.html").is_file():
+        return None
+    from digitops.gitlab import artifact_url
+
+    html = report_dir.resolve() / "report.html"
+    project_dir = os.environ.get("CI_PROJECT_DIR") or os.getcwd()
+    if not html.is_relative_to(Path(project_dir).resolve()):
+        return None
+    return artifact_url(project_url, job_id, html.relative_to(Path(project_dir).resolve()).as_posix())
+
+
 def _experiment_url(run_id: str | None) -> str | None:
     """The run's Comet experiment page, when Comet tracks runs."""
     if not run_id or not config.comet_enabled():
@@ -110,8 +124,11 @@ def publish_mr(
 
     The note carrying the report's hidden marker is edited in place on every
     push; images are uploaded to the project; links to the executed notebooks
-    point at the artifacts of the jobs that made them. Exit status: 0
-    published, 1 GitLab refused or failed, 2 missing settings.
+    point at the artifacts of the jobs that made them. A report over GitLab's
+    1,000,000-character limit is shortened (the note says so and links
+    report.html in this job's artifacts). Waiting on GitLab's Retry-After is
+    capped at $DIGITOPS_GITLAB_MAX_WAIT seconds in all (default 120). Exit
+    status: 0 published, 1 GitLab refused or failed, 2 missing settings.
     """
     from digitops import gitlab as gl
 
@@ -151,7 +168,10 @@ def publish_mr(
         if missing_ids:
             _fail(str(gl.GitLabConfigError(missing_ids, what="link the executed notebooks in the note")), 2)
         try:
-            result = gl.publish_mr_note(note_markdown, settings=settings, image_dir=image_dir)
+            result = gl.publish_mr_note(
+                note_markdown, settings=settings, image_dir=image_dir,
+                full_report_url=_report_html_url(report_dir, project_url),
+            )
         except gl.GitLabError as exc:
             _fail(str(exc))
     click.echo(f"{result.action} note {result.note_id}: {result.url}")
