@@ -467,7 +467,9 @@ def _blocks(body: str) -> list[str]:
         stripped = line.strip()
         depth += stripped.startswith("<details") - (stripped == "</details>")
         if not stripped and depth <= 0 and current:
-            if not (len(current) == 1 and current[0].startswith("#### ")):
+            if len(current) == 1 and current[0].startswith("#### "):
+                current.append(line)  # a heading keeps what follows it
+            else:
                 blocks.append("\n".join(current))
                 current = []
             continue
@@ -504,7 +506,8 @@ def _removal_order(blocks: list[str]) -> list[int]:
     keep: set[int] = set()
     table_seen = False
     for i, block in enumerate(blocks):
-        if block.startswith(("<!--", "### ", "**Gate:**")) or (i > 0 and blocks[i - 1].startswith("### ") and not block.startswith("|")):
+        facts = i > 0 and blocks[i - 1].startswith("### ") and not block.startswith("|")
+        if block.startswith(("<!--", "### ", "**Gate:**")) or facts:
             keep.add(i)
         elif block.startswith("|") and not table_seen:
             keep.add(i)

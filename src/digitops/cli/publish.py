@@ -158,7 +158,11 @@ def publish_mr(
             unresolved = missing_ids + (["CI_PROJECT_URL"] if wanted and not project_url else [])
             if unresolved:
                 click.echo(f"note: notebook links stay relative (missing {', '.join(unresolved)})", err=True)
-            click.echo(note_markdown, nl=False)
+            from digitops.report import shorten_markdown
+
+            shown, _ = shorten_markdown(note_markdown, gl.MAX_NOTE_CHARS,
+                                        full_report=_report_html_url(report_dir, project_url))
+            click.echo(shown, nl=False)
             return
 
         try:
