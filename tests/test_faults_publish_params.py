@@ -4,12 +4,15 @@
 case   fault                                                            test
 =====  ===============================================================  ==============================================
 5      note POST saved by GitLab but answered 502 (then retried)        test_5_note_saved_then_502_is_posted_once
+                                                                        test_5_a_note_that_was_not_saved_is_posted_again
 6      report over GitLab's 1,000,000-character note limit              test_6_oversized_report_is_shortened_...
                                                                         test_6_shortening_drops_least_important_first
 7      429 with Retry-After: 60, again and again                        test_7_retry_after_is_capped_per_command
                                                                         test_7_the_cap_counts_every_wait_of_a_command
+                                                                        test_7_a_retry_after_date_is_understood
 13     epochs 0 / -3, learning_rate nan / inf, limit 100000000,         test_13_out_of_range_values_are_refused
        unknown architecture: accepted until the kernel failed           test_13_cli_refuses_before_any_kernel
+                                                                        test_13_evaluate_values_are_checked_too
                                                                         test_13_every_number_declares_its_range
                                                                         test_13_shipped_parameter_sets_still_fit
 14     YAML alias bomb with -f; a 44 MB parameter file                  test_14_aliases_are_refused
@@ -206,6 +209,14 @@ def test_7_the_cap_counts_every_wait_of_a_command(fake: FakeGitLab) -> None:
     with pytest.raises(gl.GitLabWaitError, match=r"asked to wait 1 s more after 1 s of waiting"):
         gl.publish_mr_note(f"{MARKER}\n### verdict\n", settings=_settings(fake, max_wait=1.5))
     assert len(fake.requests) == 2 and not fake.mr_notes()
+
+
+@pytest.mark.network
+def test_7_a_retry_after_date_is_understood(fake: FakeGitLab) -> None:
+    """Retry-After may be an HTTP date (RFC 9110); python-gitlab's int() would end in a ValueError traceback."""
+    fake.fail_next(1, 429, {"Retry-After": "Thu, 01 Jan 1970 00:00:00 GMT"})
+    result = gl.publish_mr_note(f"{MARKER}\n### verdict\n", settings=_settings(fake, max_wait=1))
+    assert result.created and len(fake.requests_to("GET", r"/user$")) == 2
 
 
 # ============================================================== parameters (13, 14)
