@@ -275,6 +275,7 @@ def test_13_every_number_declares_its_range() -> None:
         for decl in params.declared(notebook).values():
             if decl.type_name in ("int", "float"):
                 assert decl.allowed is not None and decl.allowed.choices is None, decl
+            assert decl.allowed is None or decl.allowed.admits(decl.default), f"default of {decl.name} not allowed"
     decls = params.declared(TRAIN)
     assert set(decls["architecture"].allowed.choices) == set(model.ARCHITECTURES)
     assert set(decls["lr_schedule"].allowed.choices) == {"constant", "cosine"}
