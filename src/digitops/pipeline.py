@@ -32,6 +32,8 @@ class PipelineResult:
     report: dict[str, Path]
     version: ModelVersion | None = None
     promoted: bool = False
+    #: promoted only because the registry had no production version yet
+    auto_promoted: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -43,6 +45,7 @@ def run_pipeline(
     metric: str = "test_accuracy",
     register: bool = True,
     promote: bool = False,
+    auto_promote: bool = True,
     base_url: str | None = None,
     progress: bool = True,
     log_output: bool = False,
@@ -51,7 +54,10 @@ def run_pipeline(
     """Run every stage; raise :class:`runner.StageFailed` if a notebook fails.
 
     Registers the model as ``staging`` only when the gate passes, and with
-    ``promote`` makes that version production.
+    ``promote`` makes that version production. With ``auto_promote`` (the
+    default) a registry without any production version gets this one as
+    production, so the first run on a laptop ends with a model to serve; CI's
+    ``register`` job uses ``digitops registry register`` and never does this.
     """
     seconds: dict[str, float] = {}
 
@@ -93,7 +99,10 @@ def run_pipeline(
                 status=STAGING,
             ),
         )
-        if promote:
+        auto = auto_promote and not promote and registry.get_by_status(config.model_name(), PRODUCTION) is None
+        if promote or auto:
             result.version = registry.set_status(config.model_name(), result.version.version, PRODUCTION)
-            result.promoted = True
+            result.promoted, result.auto_promoted = True, auto
+            if auto:
+                echo(f"no production model yet: {result.version.version} promoted")
     return result
