@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from digitops import config, runner
 from digitops.compare import Comparison, Gate, compare
-from digitops.registry import PRODUCTION, STAGING, ModelVersion, get_registry
+from digitops.registry import PRODUCTION, STAGING, ModelVersion, Registry, get_registry
+from digitops.registry.sqlite import SqliteRegistry
 from digitops.report import write_report
 from digitops.tracking import get_tracker
 
@@ -55,9 +56,9 @@ def run_pipeline(
 
     Registers the model as ``staging`` only when the gate passes, and with
     ``promote`` makes that version production. With ``auto_promote`` (the
-    default) a registry without any production version gets this one as
-    production, so the first run on a laptop ends with a model to serve; CI's
-    ``register`` job uses ``digitops registry register`` and never does this.
+    default) an embedded registry without any production version gets this one
+    as production, so the first run on a laptop ends with a model to serve;
+    CI's ``register`` job uses ``digitops registry register`` and never does this.
     """
     seconds: dict[str, float] = {}
 
@@ -99,10 +100,22 @@ def run_pipeline(
                 status=STAGING,
             ),
         )
-        auto = auto_promote and not promote and registry.get_by_status(config.model_name(), PRODUCTION) is None
+        auto = auto_promote and not promote and _production_slot_empty(registry)
         if promote or auto:
             result.version = registry.set_status(config.model_name(), result.version.version, PRODUCTION)
             result.promoted, result.auto_promoted = True, auto
             if auto:
                 echo(f"no production model yet: {result.version.version} promoted")
     return result
+
+
+def _production_slot_empty(registry: Registry) -> bool:
+    """True only when the embedded registry has no production version.
+
+    Comet's registry is shared by a team and, while Comet is unreachable,
+    answers from this machine's fallback copy: an empty answer there does not
+    prove the team has no production model, so it is never filled automatically.
+    """
+    if not isinstance(registry, SqliteRegistry):
+        return False
+    return registry.get_by_status(config.model_name(), PRODUCTION) is None
