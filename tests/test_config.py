@@ -18,6 +18,15 @@ PYPROJECT = '[project]\nname = "digitops"\nversion = "0.0.0"\n'
 
 
 @pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A checkout-like tree: pyproject.toml naming digitops, and a notebooks/ folder."""
+    root = tmp_path / "project"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(PYPROJECT)
+    return root
+
+
+@pytest.fixture
 def no_locations(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("DIGITOPS_HOME", "DIGITOPS_RUNS", "COMET_API_KEY", "GITLAB_TOKEN", "CI_COMMIT_SHA"):
         monkeypatch.delenv(var, raising=False)
@@ -44,12 +53,8 @@ def test_project_root_is_the_nearest_digitops_pyproject_or_git(tmp_path: Path) -
 
 
 def test_defaults_follow_the_root_and_the_environment_still_wins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_locations: None
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_locations: None
 ) -> None:
-    project = tmp_path / "project"
-    (project / "notebooks").mkdir(parents=True)
-    (project / "pyproject.toml").write_text(PYPROJECT)
-
     monkeypatch.chdir(project / "notebooks")
     assert config.home() == project.resolve() / ".digitops"
     assert config.runs_dir() == project.resolve() / "runs"
@@ -62,14 +67,11 @@ def test_defaults_follow_the_root_and_the_environment_still_wins(
 
 @pytest.mark.slow
 def test_notebook_run_from_the_notebooks_folder_lands_in_the_store_the_cli_reads_at_the_root(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_locations: None
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_locations: None
 ) -> None:
     """JupyterLab started in notebooks/: the kernel's working directory is notebooks/, nothing set."""
     import papermill
 
-    project = tmp_path / "project"
-    (project / "notebooks").mkdir(parents=True)
-    (project / "pyproject.toml").write_text(PYPROJECT)
     shutil.copy(ROOT / "notebooks" / "train.ipynb", project / "notebooks" / "train.ipynb")
     # The "python3" kernel must be this interpreter (the one with digitops installed).
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
