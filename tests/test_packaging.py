@@ -17,8 +17,8 @@ from packaging.utils import canonicalize_name
 
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, as vendored by pip
-    from pip._vendor import tomli as tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
