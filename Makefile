@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install data run pipeline train evaluate test test-fast lab dashboard bench clean
+.PHONY: help install data run pipeline train evaluate test test-tools test-fast lab dashboard bench clean
 
 help: ## Show this list of targets
 	@awk 'BEGIN {FS = ":.*## "; printf "Usage: make TARGET [PROFILE=quick|ci|full] [PORT=8866]\n\n"} \
@@ -38,7 +38,10 @@ train: data ## Execute notebooks/train.ipynb only (PROFILE=quick)
 evaluate: install ## Evaluate the newest run's model (notebooks/evaluate.ipynb)
 	$(BIN)/digitops run evaluate
 
-test: data ## Run every test: unit, notebooks (nbmake), contract, browser, end to end
+test-tools: ## Install what the tests need besides Python, once: chromium, rsync, git (apt), Node 22 + gitlab-ci-local
+	ci/test-tools.sh
+
+test: test-tools data ## Run every test: unit, notebooks (nbmake), contract, browser, end to end
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install ## Run the tests not marked slow or browser

@@ -402,3 +402,29 @@ def test_keras_callback_logs_every_epoch(tracker: SqliteTracker) -> None:
                               callbacks=[TrackingCallback(tracker, "k2")], progress=False)
     assert tracker.get_run("k2").history["loss"] == pytest.approx(trained.history["loss"])
     assert len(trained.history["loss"]) == 4
+
+
+def test_runs_show_prints_counts_artifacts_and_a_dirty_commit(tracker: SqliteTracker, workdir: Path) -> None:
+    from digitops.cli import cli
+
+    tracker.start_run("r1", params={"limit": 30000}, git_commit="b" * 40 + "+dirty")
+    tracker.log_metrics("r1", {"test_images": 10000.0, "train_images": 54000.0, "test_accuracy": 0.98,
+                               "test_loss": 0.0625, "train_seconds": 61.0})
+    image = workdir / "curves.png"
+    image.write_bytes(b"\x89PNG")
+    tracker.log_artifact("r1", image)
+    tracker.end_run("r1")
+    folder = workdir / "runs" / "r1"
+    (folder / "report").mkdir(parents=True)
+    for name in ("model.keras", "metrics.json", "report/report.md"):
+        (folder / name).write_text("x")
+
+    out = CliRunner().invoke(cli, ["runs", "show", "r1"])
+    assert out.exit_code == 0, out.output
+    assert "test_images = 10,000" in out.output and "train_images = 54,000" in out.output
+    assert "test_accuracy = 98.00 %" in out.output and "train_seconds = 61.0 s" in out.output
+    assert "test_loss = 0.0625" in out.output
+    assert f"commit:   {'b' * 40}  (dirty)" in out.output
+    listed = out.output.split("artifacts:")[1]
+    for name in ("curves.png", "model.keras", "metrics.json", "report/report.md"):
+        assert f"  {name}: " in listed, name

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of notebooks
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
+from digitops.quiet import native_stderr_silenced  # noqa: E402
+
+with native_stderr_silenced():  # keep TF's C++ start-up chatter out of output and notebooks
+    import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 INPUT_SHAPE = (28, 28, 1)

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from digitops import config, runner
 from digitops.compare import Comparison, Gate, compare
-from digitops.registry import PRODUCTION, STAGING, ModelVersion, get_registry
+from digitops.registry import PRODUCTION, STAGING, ModelVersion, Registry, get_registry
+from digitops.registry.sqlite import SqliteRegistry
 from digitops.report import write_report
 from digitops.tracking import get_tracker
 
@@ -32,6 +33,8 @@ class PipelineResult:
     report: dict[str, Path]
     version: ModelVersion | None = None
     promoted: bool = False
+    #: promoted only because the registry had no production version yet
+    auto_promoted: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -43,6 +46,7 @@ def run_pipeline(
     metric: str = "test_accuracy",
     register: bool = True,
     promote: bool = False,
+    auto_promote: bool = True,
     base_url: str | None = None,
     progress: bool = True,
     log_output: bool = False,
@@ -51,7 +55,10 @@ def run_pipeline(
     """Run every stage; raise :class:`runner.StageFailed` if a notebook fails.
 
     Registers the model as ``staging`` only when the gate passes, and with
-    ``promote`` makes that version production.
+    ``promote`` makes that version production. With ``auto_promote`` (the
+    default) an embedded registry without any production version gets this one
+    as production, so the first run on a laptop ends with a model to serve;
+    CI's ``register`` job uses ``digitops registry register`` and never does this.
     """
     seconds: dict[str, float] = {}
 
@@ -93,7 +100,22 @@ def run_pipeline(
                 status=STAGING,
             ),
         )
-        if promote:
+        auto = auto_promote and not promote and _production_slot_empty(registry)
+        if promote or auto:
             result.version = registry.set_status(config.model_name(), result.version.version, PRODUCTION)
-            result.promoted = True
+            result.promoted, result.auto_promoted = True, auto
+            if auto:
+                echo(f"no production model yet: {result.version.version} promoted")
     return result
+
+
+def _production_slot_empty(registry: Registry) -> bool:
+    """True only when the embedded registry has no production version.
+
+    Comet's registry is shared by a team and, while Comet is unreachable,
+    answers from this machine's fallback copy: an empty answer there does not
+    prove the team has no production model, so it is never filled automatically.
+    """
+    if not isinstance(registry, SqliteRegistry):
+        return False
+    return registry.get_by_status(config.model_name(), PRODUCTION) is None

@@ -6,7 +6,10 @@ import os
 import sys
 from typing import Any
 
-import keras
+from digitops.quiet import native_stderr_silenced
+
+with native_stderr_silenced():  # TF's C++ start-up lines (digitops.quiet)
+    import keras
 
 
 def _tqdm() -> Any:

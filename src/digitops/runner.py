@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from digitops import config, params as params_mod, runs
+from digitops import config, params as params_mod, quiet, runs
 
 STAGES = ("train", "evaluate")
 #: Parameters only the runner sets; users choose them through CLI arguments.
@@ -152,6 +152,7 @@ def execute(
                 log_output=log_output,
                 execution_timeout=timeout,
                 cwd=os.getcwd(),
+                extra_arguments=quiet.kernel_arguments(),
             )
     except PapermillExecutionError as exc:
         # The execution count is what the HTML shows next to the failing cell.

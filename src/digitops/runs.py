@@ -34,9 +34,17 @@ def run_dir(run_id: str, root: str | os.PathLike | None = None) -> Path:
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """The checked-out commit (``+dirty`` when the tree has changes), or CI's, or None."""
+    """The checked-out commit (``+dirty`` when the tree has changes), or CI's, or None.
+
+    By default that of the repository holding the notebooks being run, not of
+    the working directory: ``digitops run`` started elsewhere still records it.
+    """
     if os.environ.get("CI_COMMIT_SHA"):
         return os.environ["CI_COMMIT_SHA"]
+    if cwd is None:
+        from digitops.runner import notebooks_dir  # here: runner imports this module
+
+        cwd = notebooks_dir() if notebooks_dir().is_dir() else None
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5

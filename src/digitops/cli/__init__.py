@@ -16,7 +16,11 @@ from digitops import __version__
     "--offline", is_flag=True, envvar="DIGITOPS_COMET_OFFLINE",
     help="With COMET_API_KEY set: keep Comet data in local offline archives (upload later with `digitops sync`).",
 )
-def cli(offline: bool) -> None:
+@click.option(
+    "--verbose", is_flag=True,
+    help="Show TensorFlow's and Jupyter's own logging too (same as DIGITOPS_LOG_LEVEL=debug).",
+)
+def cli(offline: bool, verbose: bool) -> None:
     """Notebook-first MLOps for a handwritten-digit recogniser.
 
     \b
@@ -29,6 +33,10 @@ def cli(offline: bool) -> None:
     Runs are tracked in .digitops/ (SQLite) unless COMET_API_KEY is set; reports
     are published to GitLab when GITLAB_TOKEN is set.
     """
+    if verbose:
+        from digitops import quiet
+
+        quiet.set_verbose()
     if offline:
         from digitops import comet_env
 

@@ -17,13 +17,22 @@ EXIT_GATE_FAILED, EXIT_ERROR, EXIT_NOTEBOOK_FAILED = 1, 2, 3
 @click.option("--profile", default="quick", show_default=True, help="Training parameter set: quick, ci or full.")
 @gate_options
 @click.option("--promote", is_flag=True, help="Make the new version production when the gate passes.")
+@click.option(
+    "--no-auto-promote", is_flag=True,
+    help="Keep the new version staging even when the registry has no production version yet.",
+)
 @click.option("--no-register", is_flag=True, help="Stop after the report.")
 @click.option("--base-url", help="Absolute URL of the run folder, for links in the report (CI sets this).")
 @click.option("-v", "--log-output", is_flag=True, help="Stream the notebooks' output here.")
 def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], profile: str, metric: str,
                  floor: str | None, tolerance: float | None, lower_is_better: bool, model_name: str | None,
-                 promote: bool, no_register: bool, base_url: str | None, log_output: bool) -> None:
+                 promote: bool, no_auto_promote: bool, no_register: bool, base_url: str | None,
+                 log_output: bool) -> None:
     """Train -> evaluate -> compare -> report -> register (as staging) [-> promote].
+
+    When the registry has no production version yet, the registered version is
+    promoted (the first run ends with a model the dashboard serves), unless
+    --no-auto-promote.
 
     Training parameters start from --profile and are overridden by -f files and
     -p pairs, exactly as for `digitops run train`. The candidate is compared with
@@ -46,7 +55,8 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
     try:
         result = run_pipeline(
             parameters, gate=gate, metric=metric, register=not no_register, promote=promote,
-            base_url=base_url, log_output=log_output, echo=lambda m: click.secho(m, bold=True),
+            auto_promote=not no_auto_promote, base_url=base_url, log_output=log_output,
+            echo=lambda m: click.secho(m, bold=True),
         )
     except params_mod.ParameterError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -20,6 +20,7 @@ from digitops.compare import (
     Comparison,
     Gate,
     fmt_value,
+    is_fraction_metric,
     label,
 )
 
@@ -89,6 +90,27 @@ def runs_list(project: str | None, status: str | None, limit: int, metric: str, 
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+def _show_value(metric: str, value: float) -> str:
+    # Counts (test_images, epochs_run) are whole numbers: 10,000, not 1e+04.
+    if float(value).is_integer() and not is_fraction_metric(metric) and not metric.endswith("seconds"):
+        return f"{int(value):,}"
+    return _num(metric, value)
+
+
+def _show_files(run: Any) -> dict[str, str]:
+    # What the tracker logged, plus the run folder's own files (the model, metrics.json, the report).
+    from digitops import config
+
+    files = dict(run.artifacts)
+    folder = config.runs_dir() / run.run_id
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            name = path.relative_to(folder).as_posix()
+            if path.is_file() and name not in files and path.name not in files and not name.endswith(".tmp"):
+                files[name] = str(path)
+    return files
+
+
 @runs.command("show")
 @click.argument("run_id", metavar="RUN")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
@@ -107,7 +129,8 @@ def runs_show(run_id: str, as_json: bool) -> None:
     click.echo(f"project:  {run.project}")
     click.echo(f"started:  {run.started_at}")
     click.echo(f"ended:    {run.ended_at or '—'}")
-    click.echo(f"commit:   {run.git_commit or '—'}")
+    commit = run.git_commit or "—"
+    click.echo(f"commit:   {commit[:-len('+dirty')] + '  (dirty)' if commit.endswith('+dirty') else commit}")
     click.echo(f"data:     {run.data_checksum or '—'}")
     if run.url:
         click.echo(f"url:      {run.url}")
@@ -119,15 +142,15 @@ def runs_show(run_id: str, as_json: bool) -> None:
     if run.metrics:
         click.echo("metrics:")
         for k in sorted(run.metrics):
-            click.echo(f"  {k} = {_num(k, run.metrics[k])}")
+            click.echo(f"  {k} = {_show_value(k, run.metrics[k])}")
     if run.history:
         click.echo("history (per epoch):")
         for k in sorted(run.history):
             click.echo(f"  {k}: " + ", ".join(f"{v:.4g}" for v in run.history[k]))
-    if run.artifacts:
-        click.echo("artifacts:")
-        for k in sorted(run.artifacts):
-            click.echo(f"  {k}: {run.artifacts[k]}")
+    files = _show_files(run)
+    click.echo("artifacts:" if files else "artifacts: none")
+    for k in sorted(files):
+        click.echo(f"  {k}: {files[k]}")
 
 
 # ---------------------------------------------------------------------------- compare / report

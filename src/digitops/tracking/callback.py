@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
+from digitops.quiet import native_stderr_silenced
+
+with native_stderr_silenced():  # TF's C++ start-up lines (digitops.quiet)
+    import keras
 
 from digitops.tracking.base import Tracker
 
