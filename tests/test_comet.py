@@ -95,8 +95,12 @@ def record_run(
     accuracy: float = 0.97,
     checksum: str = CHECKSUM,
     model_file: Path | None = None,
+    between: Any = None,
 ) -> Any:
-    """Record a run as the runner and the two notebooks do (two stages, two end_run calls)."""
+    """Record a run as the runner and the two notebooks do (two stages, two end_run calls).
+
+    ``between`` is called after the train stage ended (e.g. to take the server down).
+    """
     from digitops.tracking import get_tracker
 
     tracker = get_tracker()
@@ -125,6 +129,8 @@ def record_run(
     (folder / "train.html").write_text("<html><body>train notebook</body></html>")
     tracker.log_artifact(run_id, folder / "train.html")
     tracker.end_run(run_id, "finished")
+    if between is not None:
+        between()
 
     tracker.start_run(run_id, tags={"stage": "evaluate"})
     tracker.log_metrics(run_id, {"test_accuracy": accuracy, "test_loss": 0.1})

