@@ -101,3 +101,76 @@ def test_sync_after_saved_then_error_uploads_do_not_duplicate(fake: FakeComet) -
     assert len(exps) == 1
     _remote_matches_local(exps[0], run_id)
     assert not _state(run_id)["pending"]
+
+
+# ----------------------------------------------------------------------------- case 2
+
+
+def _production_in_comet(fake: FakeComet) -> None:
+    """Comet holds production 0.1.0 (test accuracy 0.99); this machine's local registry is empty."""
+    from digitops.registry.comet import CometRegistry
+
+    record_run("run-prod", accuracy=0.99)
+    prod = CometRegistry().register(
+        "mnist-digits", config.runs_dir() / "run-prod" / "model.keras", "run-prod",
+        metrics={"test_accuracy": 0.99}, status="production",
+    )
+    assert prod.version == "0.1.0" and prod.status == "production"
+
+
+def test_compare_report_exit_2_when_comet_unreachable_with_production_in_comet(
+    fake: FakeComet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _production_in_comet(fake)
+    record_run("run-cand", accuracy=0.95)  # worse than production: must never pass on the floor alone
+    fake.go_down()
+    comet_env.mark_unreachable("the test took Comet down")
+    runner = CliRunner()
+    compared = runner.invoke(cli, ["compare", "run-cand", "--floor", "0.9"])
+    assert compared.exit_code == 2, compared.output
+    assert "cannot judge:" in compared.output and "production version" in compared.output
+    assert "passes" not in compared.output and "no production model yet" not in compared.output.lower()
+    as_json = runner.invoke(cli, ["compare", "run-cand", "--json"])
+    assert as_json.exit_code == 2
+    out = config.runs_dir() / "run-cand" / "rep"
+    reported = runner.invoke(cli, ["report", "run-cand", "--out", str(out)])
+    assert reported.exit_code == 2, reported.output
+    note = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    for text in (note, page):
+        assert "Cannot judge" in text and "could not be made" in text
+        assert "passes the gate" not in text and "No production model yet" not in text
+    assert json.loads((out / "comparison.json").read_text())["verdict"] == "unjudged"
+
+    # The documented override: judged against the local store, and it says so.
+    allowed = runner.invoke(cli, ["compare", "run-cand", "--floor", "0.9", "--allow-unjudged"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "judged against the local store only" in allowed.output
+    monkeypatch.setenv("DIGITOPS_ALLOW_UNJUDGED", "1")
+    assert runner.invoke(cli, ["compare", "run-cand", "--floor", "0.9"]).exit_code == 0
+
+
+def test_offline_registration_has_no_public_version_until_sync(fake: FakeComet) -> None:
+    from digitops.registry.comet import CometRegistry
+
+    _production_in_comet(fake)
+    record_run("run-offline", accuracy=0.995)
+    fake.go_down()
+    comet_env.mark_unreachable("the test took Comet down")
+    registry = CometRegistry()
+    local = registry.register("mnist-digits", config.runs_dir() / "run-offline" / "model.keras", "run-offline")
+    assert local.version == "pending-1"
+    shown = [v.version for v in registry.list_versions("mnist-digits")]
+    assert shown == ["pending-1"], shown  # never the local registry's 0.1.0 beside Comet's 0.1.0
+    status = CliRunner().invoke(cli, ["comet", "status", "--no-probe", "--json"])
+    assert json.loads(status.output)["pending_registrations"] == ["mnist-digits pending-1"]
+
+    fake.restart()
+    comet_env.mark_reachable()
+    result = CliRunner().invoke(cli, ["sync"])
+    assert result.exit_code == 0, result.output
+    assert "pending-1 registered in Comet as 0.2.0 (staging)" in result.output
+    assert sorted(fake.models["mnist-digits"].items) == ["0.1.0", "0.2.0"]
+    fake.go_down()
+    comet_env.mark_unreachable("down again")
+    assert [v.version for v in registry.list_versions("mnist-digits")] == ["0.2.0"]  # Comet's number now

@@ -47,11 +47,13 @@ def run_pipeline(
     progress: bool = True,
     log_output: bool = False,
     echo: Callable[[str], None] = print,
+    allow_unjudged: bool | None = None,
 ) -> PipelineResult:
     """Run every stage; raise :class:`runner.StageFailed` if a notebook fails.
 
     Registers the model as ``staging`` only when the gate passes, and with
-    ``promote`` makes that version production.
+    ``promote`` makes that version production. A candidate that could not be judged
+    (``comparison.judged`` false: Comet or the registry unreadable) is never registered.
     """
     seconds: dict[str, float] = {}
 
@@ -72,7 +74,11 @@ def run_pipeline(
     )
     tracker, registry = get_tracker(), get_registry()
     comparison = timed(
-        "compare", lambda: compare(run_id, tracker=tracker, registry=registry, metric=metric, gate=gate or Gate.from_env())
+        "compare",
+        lambda: compare(
+            run_id, tracker=tracker, registry=registry, metric=metric, gate=gate or Gate.from_env(),
+            allow_unjudged=allow_unjudged,
+        ),
     )
     report = timed(
         "report",

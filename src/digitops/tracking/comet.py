@@ -31,7 +31,8 @@ experiment per run. The local store is complete either way: nothing is lost.
 
 Comparisons (:meth:`CometTracker.metric_summary`) read the Comet project's
 experiments through ``comet_ml.API`` (summaries come back as strings); when
-Comet cannot be reached they fall back to the local store, with a warning.
+Comet cannot be reached they raise :class:`TrackingError` (fail closed: the
+gate then refuses to judge, see :mod:`digitops.compare`).
 """
 
 from __future__ import annotations
@@ -97,8 +98,6 @@ RUN_FOLDER_FILES = ("model.keras", "metrics.json")
 #: inherit it and leave the Comet mirror to it, so they never import comet_ml.
 OWNER_ENV = "DIGITOPS_COMET_OWNER"
 
-
-_warned_fallback = False
 
 
 def _say(message: str) -> None:
@@ -591,34 +590,25 @@ class CometTracker(SqliteTracker):
     ) -> MetricSummary:
         """Mean and best of ``metric`` over the Comet project's finished experiments, less ``exclude``.
 
-        Falls back to the local store (with a warning) when Comet cannot be reached.
+        Raises :class:`TrackingError` when Comet cannot be read: the local store holds only
+        this machine's runs, and a gate judged against it would pass what it never saw
+        (:func:`digitops.compare.compare` decides what to do, see ``--allow-unjudged``).
         """
         reach = comet_env.check_online()
-        if reach.ok:
-            try:
-                return comet_metric_summary(
-                    metric,
-                    project=project or config.project_name(),
-                    exclude=exclude,
-                    data_checksum=data_checksum,
-                    higher_is_better=higher_is_better,
-                )
-            except Exception as exc:  # noqa: BLE001 - any SDK/network error: use the local store
-                reason = f"{type(exc).__name__}: {exc}"
-                comet_env.mark_unreachable(reason)
-        else:
-            reason = reach.reason
-        global _warned_fallback
-        if not _warned_fallback:
-            _say(f"comparing against the local store: Comet not reached ({reason})")
-            _warned_fallback = True
-        return super().metric_summary(
-            metric,
-            project=project,
-            exclude=exclude,
-            data_checksum=data_checksum,
-            higher_is_better=higher_is_better,
-        )
+        if not reach.ok:
+            raise TrackingError(f"the Comet project cannot be read: {reach.reason}")
+        try:
+            return comet_metric_summary(
+                metric,
+                project=project or config.project_name(),
+                exclude=exclude,
+                data_checksum=data_checksum,
+                higher_is_better=higher_is_better,
+            )
+        except Exception as exc:  # noqa: BLE001 - any SDK/network error: the history is not readable
+            reason = comet_env.redact(f"{type(exc).__name__}: {exc}")
+            comet_env.mark_unreachable(reason)
+            raise TrackingError(f"the Comet project cannot be read: {reason}") from exc
 
 
 def _api() -> Any:
