@@ -174,3 +174,46 @@ def test_offline_registration_has_no_public_version_until_sync(fake: FakeComet) 
     fake.go_down()
     comet_env.mark_unreachable("down again")
     assert [v.version for v in registry.list_versions("mnist-digits")] == ["0.2.0"]  # Comet's number now
+
+
+# ----------------------------------------------------------------------------- case 3
+
+
+def _write_config(path: Path, **values: str) -> None:
+    path.write_text("[comet]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
+
+
+def test_sdk_config_files_are_honoured_in_the_sdk_order(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = Path(os.environ["HOME"])
+    with FakeComet() as server:
+        # 1. The key, server and workspace only in ~/.comet.config: runs go to Comet.
+        _write_config(home / ".comet.config", api_key=server.api_key, url_override=server.url_override,
+                      workspace=server.workspace)
+        assert config.comet_enabled() and comet_env.url_override() == server.url_override
+        record_run("from-home-config")
+        assert [e.name for e in server.project_experiments(PROJECT)] == ["from-home-config"]
+
+        # 2. ./.comet.config wins over ~/.comet.config (the SDK's order).
+        _write_config(home / ".comet.config", api_key="home-key-never-used", url_override=refused_url())
+        _write_config(isolated / ".comet.config", api_key=server.api_key, url_override=server.url_override)
+        assert comet_env.api_key() == server.api_key and comet_env.url_override() == server.url_override
+
+        # 3. The key in the environment, url_override only in the file: the configured server is probed.
+        (isolated / ".comet.config").unlink()
+        _write_config(home / ".comet.config", url_override=server.url_override)
+        monkeypatch.setenv("COMET_API_KEY", server.api_key)
+        before = len(server.requests)
+        status = CliRunner().invoke(cli, ["comet", "status", "--json"])
+        info = json.loads(status.output)
+        assert info["server"] == server.root and info["reachable"] is True, info
+        assert len(server.requests) > before
+        # The environment still wins over the file.
+        monkeypatch.setenv("COMET_URL_OVERRIDE", refused_url())
+        assert comet_env.url_override() != server.url_override
+
+    # Deciding whether Comet is on never imports the slow SDK.
+    _write_config(home / ".comet.config", api_key="key-in-the-file-only")
+    code = "import sys; from digitops import config; assert config.comet_enabled(); assert 'comet_ml' not in sys.modules"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMET_")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=isolated, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

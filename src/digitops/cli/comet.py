@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
@@ -13,7 +12,8 @@ from digitops import comet_env, config
 def _require_key() -> None:
     if not config.comet_enabled():
         raise click.ClickException(
-            "COMET_API_KEY is not set: nothing is sent to Comet (runs stay in the local store). "
+            "no Comet API key (COMET_API_KEY or api_key in ./.comet.config, ~/.comet.config): nothing is sent "
+            "to Comet (runs stay in the local store). "
             "Set COMET_API_KEY (and COMET_WORKSPACE, COMET_PROJECT_NAME) to sync."
         )
 
@@ -99,8 +99,8 @@ def status(as_json: bool, probe: bool) -> None:
         return
     for key, value in info.items():
         click.echo(f"{key}: {value}")
-    if not os.environ.get("COMET_API_KEY"):
-        click.echo("(COMET_API_KEY unset: runs and models stay in the local store)")
+    if not config.comet_enabled():
+        click.echo("(no Comet API key in the environment or ~/.comet.config: runs and models stay local)")
 
 
 COMMANDS = [sync, comet]

@@ -191,7 +191,7 @@ class CometRegistry(Registry):
     def _model(self, name: str) -> Any:
         from comet_ml import Model
 
-        return Model(self.workspace, name, api_key=os.environ.get("COMET_API_KEY"))
+        return Model(self.workspace, name, api_key=comet_env.api_key())
 
     def _versions(self, name: str, **filters: Any) -> list[str]:
         """Versions of ``name`` newest first ([] when the model does not exist yet)."""

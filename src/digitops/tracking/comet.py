@@ -696,7 +696,7 @@ def _upload_pending(tracker: SqliteTracker, state: RunState) -> SyncOutcome:
     already = pending.get("mode") == "new" and api.get_experiment_by_key(key) is not None
     ok = already or upload_single_offline_experiment(
         offline_archive_path=archive,
-        api_key=os.environ.get("COMET_API_KEY", ""),
+        api_key=comet_env.api_key() or "",
         force_upload=False,
         display_level="warning",
     )
@@ -890,7 +890,7 @@ def upload_archive(path: Path) -> bool:
     ok = bool(
         upload_single_offline_experiment(
             offline_archive_path=str(path),
-            api_key=os.environ.get("COMET_API_KEY", ""),
+            api_key=comet_env.api_key() or "",
             force_upload=False,
             display_level="warning",
         )
