@@ -217,3 +217,57 @@ def test_sdk_config_files_are_honoured_in_the_sdk_order(isolated: Path, monkeypa
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMET_")}
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=isolated, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# ----------------------------------------------------------------------------- case 4
+
+
+def test_handshake_without_url_keeps_the_stored_url(fake: FakeComet) -> None:
+    run_id = "20261130-014000-aaaaaa"
+
+    def lose_url() -> None:
+        fake.no_url = True
+
+    tracker = record_run(run_id, between=lose_url)
+    exps = fake.project_experiments(PROJECT)
+    assert len(exps) == 1 and "test_accuracy" in exps[0].metrics  # the evaluate stage reached Comet
+    good = f"{fake.root}{fake.workspace}/{PROJECT}/{exps[0].key}"
+    assert tracker.get_run(run_id).url == good
+    assert _state(run_id)["url"] == good
+    out = config.runs_dir() / run_id / "rep"
+    CliRunner().invoke(cli, ["report", run_id, "--out", str(out), "--allow-unjudged"])
+    assert good in (out / "report.md").read_text()
+
+
+_NOISY_SCENARIO = """
+import os, sys
+from click.testing import CliRunner
+from fake_comet import FakeComet
+from test_comet import record_run
+from digitops import comet_env
+from digitops.cli import cli
+
+with FakeComet() as fake:
+    os.environ.update(fake.env())
+    record_run("noisy-run", between=fake.go_down)  # the SDK fails inside the evaluate stage
+    fake.restart()
+    comet_env.mark_reachable()
+    fake.fail("asset/upload", 500, times=2)
+    for _ in range(2):
+        CliRunner().invoke(cli, ["sync"])
+"""
+
+
+def test_sdk_logging_stays_off_stderr(isolated: Path) -> None:
+    # A fresh process: the SDK's console handler binds the stderr it finds at import.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMET_")}
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", _NOISY_SCENARIO], env=env, cwd=isolated, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    err = done.stderr
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert any("kept offline" in line for line in lines), err[-3000:]  # digitops says what happened
+    assert "Traceback" not in err and "COMET INFO" not in err and "COMET WARNING" not in err, err[-3000:]
+    assert all(line.startswith("comet: ") for line in lines), err[-3000:]

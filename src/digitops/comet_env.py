@@ -60,8 +60,9 @@ SDK_DEFAULTS: dict[str, str] = {
     "COMET_DISABLE_AUTO_LOGGING": "1",
     "COMET_DISPLAY_SUMMARY_LEVEL": "0",
     # digitops prints one "comet: ..." line per action (with the right next step, e.g.
-    # `digitops sync`); the SDK's own INFO/WARNING chatter would contradict it.
-    "COMET_LOGGING_CONSOLE": "ERROR",
+    # `digitops sync`); the SDK's own INFO/WARNING chatter would contradict it, and at ERROR
+    # it prints whole tracebacks (an explicit level turns its traceback hiding off).
+    "COMET_LOGGING_CONSOLE": "CRITICAL",
     # Bounded retries and timeouts (seconds).
     "COMET_HTTP_SESSION_RETRY_TOTAL": "1",
     "COMET_HTTP_SESSION_RETRY_BACKOFF_FACTOR": "1",

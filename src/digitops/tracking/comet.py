@@ -701,7 +701,7 @@ def _upload_pending(tracker: SqliteTracker, state: RunState) -> SyncOutcome:
         display_level="warning",
     )
     if not ok:
-        reason = f"uploading {Path(archive).name} failed (see the COMET messages above)"
+        reason = f"uploading {Path(archive).name} failed; the archive is kept"
         return SyncOutcome(state.run_id, "failed", key, archive=archive, reason=reason)
     uploaded = api.get_experiment_by_key(key)
     url = (uploaded.url if uploaded is not None else None) or state.url
