@@ -12,7 +12,7 @@ from digitops import comet_env, config
 def _require_key() -> None:
     if not config.comet_enabled():
         raise click.ClickException(
-            "no Comet API key (COMET_API_KEY or api_key in ./.comet.config, ~/.comet.config): nothing is sent "
+            "COMET_API_KEY is not set (nor api_key in ./.comet.config or ~/.comet.config): nothing is sent "
             "to Comet (runs stay in the local store). "
             "Set COMET_API_KEY (and COMET_WORKSPACE, COMET_PROJECT_NAME) to sync."
         )
