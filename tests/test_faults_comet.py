@@ -4,6 +4,7 @@
     1  Comet up for train, gone for evaluate: archive,     test_comet_gone_for_evaluate_is_archived_listed_and_synced_exactly
        `comet status`, `sync` makes Comet = local store    test_sync_after_saved_then_error_uploads_do_not_duplicate
     2  gate fails open when Comet is unreachable           test_compare_report_exit_2_when_comet_unreachable_with_production_in_comet
+                                                           test_pipeline_exits_2_and_registers_nothing_when_comet_is_unreachable
        offline versions shown with local numbers           test_offline_registration_has_no_public_version_until_sync
     3  ~/.comet.config / ./.comet.config ignored           test_sdk_config_files_are_honoured_in_the_sdk_order
     4  empty handshake URL overwrites the stored one       test_handshake_without_url_keeps_the_stored_url
@@ -148,6 +149,23 @@ def test_compare_report_exit_2_when_comet_unreachable_with_production_in_comet(
     assert "judged against the local store only" in allowed.output
     monkeypatch.setenv("DIGITOPS_ALLOW_UNJUDGED", "1")
     assert runner.invoke(cli, ["compare", "run-cand", "--floor", "0.9"]).exit_code == 0
+
+
+@pytest.mark.slow
+def test_pipeline_exits_2_and_registers_nothing_when_comet_is_unreachable(isolated: Path) -> None:
+    from test_comet import TINY, _digitops
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DIGITOPS_COMET_OWNER", "DIGITOPS_ALLOW_UNJUDGED")}
+    env.update({"COMET_API_KEY": "fake-comet-api-key-0123456789", "COMET_URL_OVERRIDE": refused_url()})
+    done = _digitops("pipeline", *TINY, env=env, cwd=isolated)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert "cannot judge:" in done.stderr and "passes the gate" not in output
+    assert "Not registered: the candidate could not be judged." in done.stdout
+    (run_dir,) = [p for p in (isolated / "runs").iterdir() if p.is_dir()]
+    note = (run_dir / "report" / "report.md").read_text()
+    assert "Cannot judge" in note and "could not be made" in note
+    assert not (isolated / ".digitops" / "comet" / "pending-registrations.json").exists()
 
 
 def test_offline_registration_has_no_public_version_until_sync(fake: FakeComet) -> None:

@@ -22,7 +22,7 @@ EXIT_GATE_FAILED, EXIT_ERROR, EXIT_NOTEBOOK_FAILED = 1, 2, 3
 @click.option("-v", "--log-output", is_flag=True, help="Stream the notebooks' output here.")
 def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], profile: str, metric: str,
                  floor: str | None, tolerance: float | None, lower_is_better: bool, model_name: str | None,
-                 promote: bool, no_register: bool, base_url: str | None, log_output: bool) -> None:
+                 allow_unjudged: bool, promote: bool, no_register: bool, base_url: str | None, log_output: bool) -> None:
     """Train -> evaluate -> compare -> report -> register (as staging) [-> promote].
 
     Training parameters start from --profile and are overridden by -f files and
