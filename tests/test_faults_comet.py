@@ -185,8 +185,10 @@ def test_offline_registration_has_no_public_version_until_sync(fake: FakeComet) 
 
     fake.restart()
     comet_env.mark_reachable()
+    # Comet saves the new version but answers 502: it must not be registered a second time.
+    fake.fail("write/registry-model/item/create", 502, times=1, saved=True)
     result = CliRunner().invoke(cli, ["sync"])
-    assert result.exit_code == 0, result.output
+    assert fake.injected and result.exit_code == 0, result.output
     assert "pending-1 registered in Comet as 0.2.0 (staging)" in result.output
     assert sorted(fake.models["mnist-digits"].items) == ["0.1.0", "0.2.0"]
     fake.go_down()

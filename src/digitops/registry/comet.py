@@ -365,6 +365,10 @@ class CometRegistry(Registry):
                     status=TO_COMET[STAGING if status in (PRODUCTION, ARCHIVED) else status],
                 )
             except CometRestApiException as exc:
+                # Comet saved it but the answer was lost (a 5xx after the write): it is ours, done.
+                mine = self._already_registered(name, run_id, digest)
+                if mine is not None and mine.version == version:
+                    break
                 # Another registration took this version first: recompute and retry.
                 if attempt < 2 and version in self._versions(name):
                     continue
