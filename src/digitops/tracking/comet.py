@@ -72,7 +72,6 @@ EXPERIMENT_OPTIONS: dict[str, Any] = {
 }
 
 
-
 def _options(cls: Any) -> dict[str, Any]:
     """:data:`EXPERIMENT_OPTIONS` that ``cls`` accepts: ``ExistingOfflineExperiment`` lacks some
     (``log_env_network``), and an unknown keyword there used to lose the whole stage."""
@@ -97,7 +96,6 @@ RUN_FOLDER_FILES = ("model.keras", "metrics.json")
 #: Set by the process that starts a run (the runner) to its pid: notebook kernels it launches
 #: inherit it and leave the Comet mirror to it, so they never import comet_ml.
 OWNER_ENV = "DIGITOPS_COMET_OWNER"
-
 
 
 def _say(message: str) -> None:
@@ -442,7 +440,7 @@ class CometTracker(SqliteTracker):
         key = state.experiment_key
         if key is None and pending.get("mode") == "new":
             key = pending.get("experiment_key")
-        remote = remote_snapshot(key, rec.run_id, target, state) if key else None
+        remote = remote_snapshot(key, target, state, run_files(rec)) if key else None
         deleted: list[str] = []
         uploaded_now = False
         if remote is None and pending.get("mode") == "new" and archive and Path(archive).is_file():
@@ -451,7 +449,7 @@ class CometTracker(SqliteTracker):
                 return uploaded
             uploaded_now, deleted = True, uploaded.deleted_orphans
             key = state.experiment_key
-            remote = remote_snapshot(key, rec.run_id, target, state) if key else None
+            remote = remote_snapshot(key, target, state, run_files(rec)) if key else None
         if remote is None:
             state.experiment_key = None  # never reached Comet (or deleted there): a new experiment
             outcome = self._push_online(rec, state, None, target)
@@ -757,7 +755,9 @@ def _same(local: Any, remote: Any) -> bool:
         return str(local).lower() == str(remote).lower()
 
 
-def remote_snapshot(key: str, run_id: str, target: Snapshot, state: RunState | None = None) -> Snapshot | None:
+def remote_snapshot(
+    key: str, target: Snapshot, state: RunState | None = None, files: dict[str, str] | None = None
+) -> Snapshot | None:
     """What the Comet experiment ``key`` holds of ``target``, as a :class:`Snapshot` (None: no such experiment).
 
     Read back through the REST API, so the result does not depend on what an earlier,
@@ -797,11 +797,7 @@ def remote_snapshot(key: str, run_id: str, target: Snapshot, state: RunState | N
     sizes: dict[str, set[int]] = {}
     for asset in assets:
         sizes.setdefault(str(asset.get("fileName")), set()).add(int(asset.get("fileSize") or -1))
-    files = {}
-    try:
-        files = run_files(_local_record(run_id))
-    except TrackingError:
-        pass
+    files = files or {}
     for name, digest in target.artifacts.items():
         found = sizes.get(name, set()) | sizes.get(Path(name).stem, set())
         try:
@@ -811,10 +807,6 @@ def remote_snapshot(key: str, run_id: str, target: Snapshot, state: RunState | N
         if found and (size is None or size in found or -1 in found) and sent.artifacts.get(name, digest) == digest:
             base.artifacts[name] = digest
     return base
-
-
-def _local_record(run_id: str) -> RunRecord:
-    return SqliteTracker().get_run(run_id)
 
 
 def pending_runs() -> list[RunState]:
