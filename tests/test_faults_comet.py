@@ -269,12 +269,16 @@ from digitops.cli import cli
 
 with FakeComet() as fake:
     os.environ.update(fake.env())
+    os.environ["DIGITOPS_COMET_OFFLINE"] = "1"
+    record_run("archived-run")  # a whole run kept offline: sync runs the SDK's own uploader
+    del os.environ["DIGITOPS_COMET_OFFLINE"]
     record_run("noisy-run", between=fake.go_down)  # the SDK fails inside the evaluate stage
     fake.restart()
     comet_env.mark_reachable()
     fake.fail("asset/upload", 500, times=2)
     for _ in range(2):
         CliRunner().invoke(cli, ["sync"])
+    assert sorted(e.name for e in fake.project_experiments("digits-test")) == ["archived-run", "noisy-run"]
 """
 
 
