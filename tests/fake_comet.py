@@ -20,6 +20,13 @@ socket closed, open connections dropped: later connects are refused),
 ``drop_after=N`` (goes down by itself when request N+1 arrives),
 :func:`refused_url` (a port nobody listens on) and :class:`SilentServer`
 (accepts connections and never answers).
+
+Fault injection: :meth:`FakeComet.fail` answers chosen routes with an HTTP
+error a number of times, either before handling them or after saving what they
+carry (``saved=True``: the write happened, the client sees an error, as when a
+proxy times out in front of a server that finished); ``no_url=True`` makes
+the experiment handshake answer without its URL. Injected faults are recorded
+in :attr:`FakeComet.injected`.
 """
 
 from __future__ import annotations
@@ -206,6 +213,10 @@ class FakeComet:
         self.deleted: list[str] = []
         self.lock = threading.RLock()
         self.down = False
+        #: path suffix -> [status, times left, saved]; see :meth:`fail`
+        self.faults: dict[str, list[Any]] = {}
+        self.injected: list[tuple[str, int, bool]] = []
+        self.no_url = False
         self._server: ThreadingHTTPServer | None = None
         self._port = 0
         self._thread: threading.Thread | None = None
@@ -280,6 +291,23 @@ class FakeComet:
             self._server = None
             # shutdown() waits for serve_forever, which may be this very thread's caller.
             threading.Thread(target=lambda: (server.shutdown(), server.server_close()), daemon=True).start()
+
+    def fail(self, path_suffix: str, status: int = 500, times: int = 1, *, saved: bool = False) -> None:
+        """Answer the next ``times`` requests whose path ends with ``path_suffix`` with ``status``.
+
+        ``saved=True``: handle (and keep) the request first, then answer the error anyway.
+        """
+        with self.lock:
+            self.faults[path_suffix] = [status, times, saved]
+
+    def _fault_for(self, path: str) -> tuple[int, bool] | None:
+        with self.lock:
+            for suffix, fault in self.faults.items():
+                if path.endswith(suffix) and fault[1] > 0:
+                    fault[1] -= 1
+                    self.injected.append((path, fault[0], fault[2]))
+                    return fault[0], fault[2]
+        return None
 
     # ------------------------------------------------------------------ queries for tests
     def paths(self, method: str | None = None) -> list[str]:
@@ -407,6 +435,7 @@ class FakeComet:
             r + "experiment/metadata": {"GET": self._metadata},
             r + "experiments": {"GET": self._list_experiments},
             r + "experiment/metrics/summary": {"GET": self._metrics_summary},
+            r + "experiment/metrics/get-metric": {"GET": self._get_metric},
             r + "experiment/log-other": {"GET": self._others_summary},
             r + "experiment/parameters": {"GET": self._parameters_summary},
             r + "experiment/tags": {"GET": self._get_tags},
@@ -443,8 +472,14 @@ class FakeComet:
         elif not public and auth != self.api_key:
             raise HttpError(401, "invalid or missing API key")
         rec.authorized = True
+        fault = self._fault_for(rec.path)
+        if fault is not None and not fault[1]:
+            raise HttpError(fault[0], "injected fault")
         with self.lock:
-            return 200, handler(rec)
+            result = handler(rec)
+        if fault is not None:
+            raise HttpError(fault[0], "injected fault (the request was saved)")
+        return 200, result
 
     # --- clientlib
     def _add_run(self, rec: Recorded) -> dict[str, Any]:
@@ -475,7 +510,7 @@ class FakeComet:
         return {
             "runId": exp.run_id,
             "project_id": exp.project_id,
-            "focusUrl": f"{self.root}{exp.workspace}/{exp.project}/",
+            "focusUrl": None if self.no_url else f"{self.root}{exp.workspace}/{exp.project}/",
             "lastOffset": 0,
             "githubEnabled": False,
             "featureToggles": [],
@@ -613,6 +648,23 @@ class FakeComet:
             series = [(p["metricValue"], p.get("step"), p.get("timestamp") or 0) for p in points]
             values.append({"name": name, **_summary(series)})
         return {"values": values}
+
+    def _get_metric(self, rec: Recorded) -> dict[str, Any]:
+        key, name = self._param(rec, "experimentKey", "metricName")
+        exp = self._experiment(key, status=404)
+        points = [
+            {
+                "metricName": name,
+                "metricValue": str(p["metricValue"]),
+                "step": p.get("step"),
+                "epoch": p.get("epoch"),
+                "timestamp": p.get("timestamp") or 0,
+                "runContext": None,
+                "offset": i,
+            }
+            for i, p in enumerate(exp.metrics.get(name, []))
+        ]
+        return {"metrics": points}
 
     def _others_summary(self, rec: Recorded) -> dict[str, Any]:
         (key,) = self._param(rec, "experimentKey")

@@ -95,8 +95,12 @@ def record_run(
     accuracy: float = 0.97,
     checksum: str = CHECKSUM,
     model_file: Path | None = None,
+    between: Any = None,
 ) -> Any:
-    """Record a run as the runner and the two notebooks do (two stages, two end_run calls)."""
+    """Record a run as the runner and the two notebooks do (two stages, two end_run calls).
+
+    ``between`` is called after the train stage ended (e.g. to take the server down).
+    """
     from digitops.tracking import get_tracker
 
     tracker = get_tracker()
@@ -125,6 +129,8 @@ def record_run(
     (folder / "train.html").write_text("<html><body>train notebook</body></html>")
     tracker.log_artifact(run_id, folder / "train.html")
     tracker.end_run(run_id, "finished")
+    if between is not None:
+        between()
 
     tracker.start_run(run_id, tags={"stage": "evaluate"})
     tracker.log_metrics(run_id, {"test_accuracy": accuracy, "test_loss": 0.1})
@@ -388,14 +394,14 @@ def test_connection_refused_costs_seconds_keeps_an_archive_and_sync_uploads_it(
     local = registry.register("mnist-digits", config.runs_dir() / run_id / "model.keras", run_id,
                               metrics={"test_accuracy": 0.97})
     registry.promote("mnist-digits", local.version)
-    assert SqliteRegistry().get_by_status("mnist-digits").version == local.version == "0.1.0"
-    assert [(p["local_version"], p["status"]) for p in pending_registrations()] == [("0.1.0", "production")]
+    assert local.version == "pending-1" and SqliteRegistry().get_by_status("mnist-digits").version == "0.1.0"
+    assert [(p["pending_id"], p["status"]) for p in pending_registrations()] == [("pending-1", "production")]
 
     with FakeComet(api_key=os.environ["COMET_API_KEY"]) as server:
         result = _sync(server, monkeypatch)
         assert result.exit_code == 0, result.output
         assert f"run {run_id}: archive {archive.name} uploaded" in result.output
-        assert "local version 0.1.0 registered in Comet as 0.1.0 (production)" in result.output
+        assert "pending-1 registered in Comet as 0.1.0 (production)" in result.output
         item = server.models["mnist-digits"].items["0.1.0"]
         assert item.status == "Production" and f"run:{run_id}" in item.tags
         assert pending_registrations() == []
@@ -420,11 +426,14 @@ def test_server_that_never_answers_is_bounded_and_remembered(isolated: Path, mon
         assert silent.accepted >= 1
         assert elapsed < 15, f"two end_run calls took {elapsed:.1f} s against a silent server"
         assert _state("20261128-120000-cccccc")["pending"]["mode"] == "new"
-        # The failure is remembered: the comparison falls back to the local store at once.
+        # The failure is remembered: reading the project's history fails at once (fail closed,
+        # never the local store standing in for Comet's project).
+        from digitops.tracking import TrackingError
+
         start = time.monotonic()
-        summary = CometTracker().metric_summary("test_accuracy", project=PROJECT)
+        with pytest.raises(TrackingError, match="Comet project cannot be read"):
+            CometTracker().metric_summary("test_accuracy", project=PROJECT)
         assert time.monotonic() - start < 1.0
-        assert summary.count == 1 and summary.best_run_id == "20261128-120000-cccccc"
         assert tracker.get_run("20261128-120000-cccccc").status == "finished"
 
 
@@ -509,20 +518,23 @@ def test_pipeline_unreachable_then_synced_then_online_compares_in_comet(isolated
     with FakeComet() as server, SilentServer() as silent:
         env.update(server.env())
         env["COMET_URL_OVERRIDE"] = silent.url_override
+        env["DIGITOPS_ALLOW_UNJUDGED"] = "1"  # judged against the local store: accepted for this test
         start = time.monotonic()
         first = _digitops("pipeline", *TINY, env=env, cwd=isolated)
+        del env["DIGITOPS_ALLOW_UNJUDGED"]
         wall = time.monotonic() - start
         output = first.stdout + first.stderr
         assert first.returncode == 0, output[-3000:]
         spent = _comet_seconds(output)
         assert spent <= 15, f"Comet unreachable cost {spent:.1f} s of {wall:.0f} s"
-        assert "kept offline" in output and "registered mnist-digits 0.1.0 in the local registry" in output
+        assert "kept offline" in output and "registered mnist-digits pending-1 in the local registry" in output
+        assert "judged against the local store only" in output
         assert silent.accepted >= 1 and server.requests == []
 
         env["COMET_URL_OVERRIDE"] = server.url_override
         synced = _digitops("sync", env=env, cwd=isolated)
         assert synced.returncode == 0, synced.stdout + synced.stderr
-        assert "registered in Comet as 0.1.0 (staging)" in synced.stdout
+        assert "pending-1 registered in Comet as 0.1.0 (staging)" in synced.stdout
         first_run = server.project_experiments(PROJECT)[0]
 
         second = _digitops("pipeline", *TINY, "-p", "seed", "1", env=env, cwd=isolated)

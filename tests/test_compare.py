@@ -256,3 +256,36 @@ def test_cli_exit_codes_and_json(stores, workdir: Path, monkeypatch: pytest.Monk
 
     help_text = runner.invoke(cli, ["compare", "--help"]).output
     assert "0  the candidate passes the gate" in help_text and "2  error" in help_text
+
+
+class _UnreadableRegistry(SqliteRegistry):
+    """A registry whose production version cannot be read (its backend is away)."""
+
+    def production_reference(self, name: str):  # type: ignore[override]
+        from digitops.registry import RegistryError
+
+        raise RegistryError("registry backend not reached")
+
+
+class _UnreadableHistory(SqliteTracker):
+    def metric_summary(self, metric: str, **kwargs):  # type: ignore[override]
+        from digitops.tracking import TrackingError
+
+        raise TrackingError("project history not reached")
+
+
+def test_unreadable_production_or_history_is_unjudged_never_a_pass(stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    from digitops.compare import UNJUDGED
+
+    tracker, reg = stores
+    add_run(tracker, "cand", {"test_accuracy": 0.99})
+    monkeypatch.delenv("DIGITOPS_ALLOW_UNJUDGED", raising=False)
+    for trk, rg, why in (
+        (tracker, _UnreadableRegistry(), "registry backend not reached"),
+        (_UnreadableHistory(), reg, "project history not reached"),
+    ):
+        c = compare("cand", tracker=trk, registry=rg)
+        assert c.verdict == UNJUDGED and not c.passed and why in c.unjudged_reason
+        assert c.headline().startswith("⛔ Cannot judge the candidate") and "pass" not in c.headline()
+        allowed = compare("cand", tracker=trk, registry=rg, allow_unjudged=True)
+        assert allowed.verdict == PASS and "local store" in allowed.reasons[0]

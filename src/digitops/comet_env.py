@@ -9,6 +9,14 @@ is first imported, so everything in digitops imports the SDK through
 :func:`import_comet`. Values already in the environment win (``setdefault``),
 so a user can still loosen a bound.
 
+The SDK's own settings (API key, server, workspace, project) are read the way
+the SDK reads them (:func:`setting`): the environment, ``./.env``, the file
+named by ``$COMET_CONFIG`` (or the deprecated ``$COMET_INI``),
+``./.comet.config``, then ``~/.comet.config``, first found wins
+(``comet_ml/config/config_class.py``). The ini files are parsed here with
+``configparser`` so that deciding whether Comet is on never imports the slow
+SDK.
+
 Across processes (the runner, notebook kernels, the CLI stages of one
 pipeline) a failed contact is remembered for :data:`UNREACHABLE_TTL_S` seconds
 in ``$DIGITOPS_HOME/comet/unreachable.json``, so one dead server costs one
@@ -17,6 +25,8 @@ bounded probe per pipeline instead of one per call.
 
 from __future__ import annotations
 
+import configparser
+import functools
 import json
 import os
 import time
@@ -50,8 +60,9 @@ SDK_DEFAULTS: dict[str, str] = {
     "COMET_DISABLE_AUTO_LOGGING": "1",
     "COMET_DISPLAY_SUMMARY_LEVEL": "0",
     # digitops prints one "comet: ..." line per action (with the right next step, e.g.
-    # `digitops sync`); the SDK's own INFO/WARNING chatter would contradict it.
-    "COMET_LOGGING_CONSOLE": "ERROR",
+    # `digitops sync`); the SDK's own INFO/WARNING chatter would contradict it, and at ERROR
+    # it prints whole tracebacks (an explicit level turns its traceback hiding off).
+    "COMET_LOGGING_CONSOLE": "CRITICAL",
     # Bounded retries and timeouts (seconds).
     "COMET_HTTP_SESSION_RETRY_TOTAL": "1",
     "COMET_HTTP_SESSION_RETRY_BACKOFF_FACTOR": "1",
@@ -96,6 +107,68 @@ def import_comet() -> ModuleType:
     return comet_ml
 
 
+#: Settings digitops reads from the SDK's configuration, as ``[comet]`` keys of its ini files.
+SETTINGS = ("api_key", "url_override", "workspace", "project_name")
+
+
+def _config_files() -> list[Path]:
+    """The SDK's ini files in its order of precedence (highest first)."""
+    files = []
+    override = os.environ.get("COMET_INI") or os.environ.get("COMET_CONFIG")
+    if override:
+        path = Path(override).expanduser()
+        files.append(path / ".comet.config" if path.is_dir() else path)
+    files.append(Path(".comet.config"))
+    files.append(Path("~/.comet.config").expanduser())
+    return files
+
+
+@functools.lru_cache(maxsize=16)
+def _parse(path: str, mtime_ns: int, size: int) -> dict[str, str]:
+    """``{key: value}`` of a ``.comet.config`` ini file's ``[comet]`` section (``.env``: ``COMET_*`` lines)."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    if Path(path).name == ".env":
+        out = {}
+        for line in text.splitlines():
+            line = line.strip().removeprefix("export ").strip()
+            if "=" in line and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                out[key.strip()] = value.strip().strip("'\"")
+        return out
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error:
+        return {}  # the SDK would not read a broken file either
+    return {k: v.strip() for k, v in parser["comet"].items()} if parser.has_section("comet") else {}
+
+
+def _read(path: Path) -> dict[str, str]:
+    try:
+        stat = path.stat()
+        return _parse(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return {}
+
+
+def setting(key: str) -> str | None:
+    """The SDK's setting ``key`` (one of :data:`SETTINGS`) from where the SDK would find it, or None."""
+    env = f"COMET_{key.upper()}"
+    value = os.environ.get(env) or _read(Path(".env")).get(env)
+    if value:
+        return value
+    for path in _config_files():
+        value = _read(path).get(key)
+        if value:
+            return value
+    return None
+
+
+def api_key() -> str | None:
+    """The Comet API key (environment or the SDK's configuration files)."""
+    return setting("api_key")
+
+
 def offline_forced() -> bool:
     """True when ``--offline`` / ``$DIGITOPS_COMET_OFFLINE`` asks not to contact Comet at all."""
     return os.environ.get("DIGITOPS_COMET_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -107,8 +180,8 @@ def force_offline() -> None:
 
 
 def url_override() -> str:
-    """The SDK's endpoint (``$COMET_URL_OVERRIDE``, default Comet's cloud)."""
-    return os.environ.get("COMET_URL_OVERRIDE") or DEFAULT_URL_OVERRIDE
+    """The SDK's endpoint (``url_override`` via :func:`setting`, default Comet's cloud)."""
+    return setting("url_override") or DEFAULT_URL_OVERRIDE
 
 
 def server_root() -> str:
@@ -118,8 +191,8 @@ def server_root() -> str:
 
 
 def workspace() -> str | None:
-    """``$COMET_WORKSPACE``, or None to let Comet use the key's default workspace."""
-    return os.environ.get("COMET_WORKSPACE") or None
+    """The configured workspace (:func:`setting`), or None to let Comet use the key's default one."""
+    return setting("workspace") or None
 
 
 def state_dir() -> Path:
@@ -220,7 +293,7 @@ def check_online(use_memo: bool = True) -> Reachability:
 def redact(text: Any) -> str:
     """``text`` with the API key (if any) masked, for messages that quote SDK errors."""
     out = str(text)
-    key = os.environ.get("COMET_API_KEY")
+    key = api_key()
     if key:
         out = out.replace(key, "***")
     return out

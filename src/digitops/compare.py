@@ -10,6 +10,13 @@ candidate passes when it is ``>= floor`` and ``>= production - tolerance``
 (only the floor counts while there is no production model); for a
 lower-is-better metric both comparisons flip. Exact ties pass. The project
 mean and best are reported but do not gate.
+
+Fail closed: when the production reference or the project's history cannot be
+read from the active backend (Comet unreachable, a registry that cannot be
+read), the verdict is ``unjudged`` (never a pass) and says why. Whoever
+accepts the risk sets ``--allow-unjudged`` / ``$DIGITOPS_ALLOW_UNJUDGED=1``:
+the candidate is then judged against the embedded local store and registry
+instead, and the report says so.
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from typing import Any, Mapping, Sequence
 
 from digitops import config
 from digitops.registry.base import PRODUCTION, ModelVersion, Registry, RegistryError
-from digitops.tracking.base import FAILED, RunRecord, Tracker, TrackingError
+from digitops.tracking.base import FAILED, MetricSummary, RunRecord, Tracker, TrackingError
 
-PASS, FAIL = "pass", "fail"
+PASS, FAIL, UNJUDGED = "pass", "fail", "unjudged"
 DEFAULT_METRIC = "test_accuracy"
 #: shown in the report next to the gate metric when the candidate has them
 DEFAULT_EXTRA_METRICS: tuple[str, ...] = ("test_loss", "val_accuracy", "train_seconds")
@@ -33,6 +40,14 @@ _EPS = 1e-9
 ENV_FLOOR = "DIGITOPS_GATE_FLOOR"
 ENV_TOLERANCE = "DIGITOPS_GATE_TOLERANCE"
 ENV_METRIC = "DIGITOPS_GATE_METRIC"
+#: ``1``: judge against the local store when the active backend cannot be read (see the module docstring)
+ENV_ALLOW_UNJUDGED = "DIGITOPS_ALLOW_UNJUDGED"
+
+
+def allow_unjudged_default(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``$DIGITOPS_ALLOW_UNJUDGED`` accepts judging against the local store."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_ALLOW_UNJUDGED, "").strip().lower() in ("1", "true", "yes", "on", "allow")
 
 
 class CompareError(Exception):
@@ -196,18 +211,26 @@ class Comparison:
     production_url: str | None = None
     #: parameters of the production version's run, when the tracker knows that run
     production_params: dict[str, Any] | None = None
+    #: why the active backend could not be read (verdict ``unjudged``, or judged locally with the override)
+    unjudged_reason: str | None = None
 
     @property
     def passed(self) -> bool:
         return self.verdict == PASS
+
+    @property
+    def judged(self) -> bool:
+        return self.verdict != UNJUDGED
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def headline(self) -> str:
         """One line, e.g. ``✅ Candidate passes the gate: test accuracy 99.12 % (+0.31 pts vs production 1.2.0)``."""
-        mark, word = ("✅", "passes") if self.passed else ("❌", "fails")
         value = f"{label(self.metric)} {fmt_value(self.metric, self.candidate)}"
+        if not self.judged:
+            return f"⛔ Cannot judge the candidate ({value}): {self.unjudged_reason}"
+        mark, word = ("✅", "passes") if self.passed else ("❌", "fails")
         if self.production_version is not None and self.production_value is not None:
             ctx = f"{fmt_delta(self.metric, self.deltas['production'])} vs production {self.production_version}"
         elif self.production_version is not None:
@@ -217,6 +240,8 @@ class Comparison:
         if self.gate.floor is not None and self.production_value is None:
             which = "floor" if self.gate.higher_is_better else "ceiling"
             ctx += f"; {which} {fmt_value(self.metric, self.gate.floor)}"
+        if self.unjudged_reason:
+            ctx += "; ⚠️ judged against the local store only (--allow-unjudged)"
         return f"{mark} Candidate {word} the gate: {value} ({ctx})"
 
 
@@ -247,11 +272,17 @@ def compare(
     gate: Gate | None = None,
     model_name: str | None = None,
     extra_metrics: Sequence[str] = DEFAULT_EXTRA_METRICS,
+    allow_unjudged: bool | None = None,
 ) -> Comparison:
     """Compare run ``run_id`` on ``metric`` and judge it with ``gate`` (see the module docstring).
 
     Raises :class:`CompareError` when the run is unknown or failed, or lacks ``metric``.
+    When the production version or the project's history cannot be read, returns an
+    ``unjudged`` comparison (never a pass), unless ``allow_unjudged`` (default:
+    ``$DIGITOPS_ALLOW_UNJUDGED``) accepts judging against the local store instead.
     """
+    if allow_unjudged is None:
+        allow_unjudged = allow_unjudged_default()
     if tracker is None:
         from digitops.tracking import get_tracker
 
@@ -281,10 +312,14 @@ def compare(
         )
     candidate = float(run.metrics[metric])
 
+    problem: str | None = None
     try:
-        prod = registry.get_by_status(model_name, PRODUCTION)
-    except RegistryError as exc:
-        raise CompareError(f"cannot read the production version of {model_name!r}: {exc}") from exc
+        prod = registry.production_reference(model_name)
+    except Exception as exc:  # noqa: BLE001 - RegistryError, SDK or network: the gate cannot see production
+        problem = f"the production version of {model_name!r} cannot be read ({exc})"
+        prod = None
+        if allow_unjudged:
+            prod = _local_stand_in_production(registry, model_name)
     prod_run = _production_run(tracker, prod)
 
     def production_value(name: str) -> float | None:
@@ -301,16 +336,14 @@ def compare(
         if name not in run.metrics:
             continue
         hib = gate.higher_is_better if name == metric else higher_is_better_default(name)
+        query = dict(project=run.project, exclude=[run_id], data_checksum=run.data_checksum, higher_is_better=hib)
         try:
-            summary = tracker.metric_summary(
-                name,
-                project=run.project,
-                exclude=[run_id],
-                data_checksum=run.data_checksum,
-                higher_is_better=hib,
+            summary = tracker.metric_summary(name, **query)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - TrackingError, SDK or network: the history cannot be read
+            problem = problem or f"the history of project {run.project!r} cannot be read ({exc})"
+            summary = _local_stand_in_summary(tracker, name, query) if allow_unjudged else MetricSummary(
+                metric=name, count=0, mean=None, best=None, best_run_id=None, worst=None
             )
-        except TrackingError as exc:
-            raise CompareError(f"cannot summarise {name!r} over project {run.project!r}: {exc}") from exc
         value = float(run.metrics[name])
         pv = production_value(name)
         rows.append(
@@ -329,8 +362,22 @@ def compare(
             )
         )
     main = rows[0]
-    verdict, reasons = _judge(metric, candidate, gate, prod, main.production, main.delta_production)
-    reasons.append(_project_sentence(run, main))
+    if problem is not None and not allow_unjudged:
+        verdict = UNJUDGED
+        reasons = [
+            f"Cannot judge: {problem}.",
+            "The comparison with production and the project's runs could not be made, so the candidate "
+            "does not pass. Run it again once the backend answers, or accept the risk with "
+            f"--allow-unjudged (${ENV_ALLOW_UNJUDGED}=1) to judge against the local store.",
+        ]
+    else:
+        verdict, reasons = _judge(metric, candidate, gate, prod, main.production, main.delta_production)
+        reasons.append(_project_sentence(run, main))
+        if problem is not None:
+            reasons.insert(
+                0,
+                f"Judged against the local store and registry only (--allow-unjudged): {problem}.",
+            )
     if (
         prod is not None
         and prod_run is not None
@@ -363,7 +410,29 @@ def compare(
         rows=rows,
         production_url=(prod.url if prod and prod.url else (prod_run.url if prod_run else None)),
         production_params=dict(prod_run.params) if prod_run is not None else None,
+        unjudged_reason=problem,
     )
+
+
+def _local_stand_in_production(registry: Registry, model_name: str) -> ModelVersion | None:
+    """With ``--allow-unjudged``: the embedded registry's production version (None if unreadable too)."""
+    from digitops.registry.sqlite import SqliteRegistry
+
+    try:
+        return SqliteRegistry().get_by_status(model_name, PRODUCTION)
+    except RegistryError:
+        return None
+
+
+def _local_stand_in_summary(tracker: Tracker, name: str, query: dict[str, Any]) -> MetricSummary:
+    """With ``--allow-unjudged``: the summary over the embedded store's runs."""
+    from digitops.tracking.sqlite import SqliteTracker
+
+    local = tracker if isinstance(tracker, SqliteTracker) else SqliteTracker()
+    try:
+        return SqliteTracker.metric_summary(local, name, **query)
+    except TrackingError:
+        return MetricSummary(metric=name, count=0, mean=None, best=None, best_run_id=None, worst=None)
 
 
 def _judge(

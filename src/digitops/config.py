@@ -54,8 +54,12 @@ def runs_dir() -> Path:
 
 
 def project_name() -> str:
-    """Project whose runs are compared (``$COMET_PROJECT_NAME`` / ``$DIGITOPS_PROJECT``)."""
-    return os.environ.get("COMET_PROJECT_NAME") or os.environ.get("DIGITOPS_PROJECT") or "digitops"
+    """Project whose runs are compared (``$COMET_PROJECT_NAME`` / ``$DIGITOPS_PROJECT`` / the SDK's config)."""
+    if os.environ.get("COMET_PROJECT_NAME") or os.environ.get("DIGITOPS_PROJECT"):
+        return os.environ.get("COMET_PROJECT_NAME") or os.environ["DIGITOPS_PROJECT"]
+    from digitops import comet_env
+
+    return comet_env.setting("project_name") or "digitops"
 
 
 def model_name() -> str:
@@ -64,8 +68,10 @@ def model_name() -> str:
 
 
 def comet_enabled() -> bool:
-    """True when Comet credentials are set; otherwise everything stays local."""
-    return bool(os.environ.get("COMET_API_KEY"))
+    """True when a Comet API key is set (environment or the SDK's config files); else everything stays local."""
+    from digitops import comet_env
+
+    return bool(comet_env.api_key())
 
 
 def gitlab_enabled() -> bool:

@@ -51,6 +51,7 @@ def run_pipeline(
     progress: bool = True,
     log_output: bool = False,
     echo: Callable[[str], None] = print,
+    allow_unjudged: bool | None = None,
 ) -> PipelineResult:
     """Run every stage; raise :class:`runner.StageFailed` if a notebook fails.
 
@@ -59,6 +60,8 @@ def run_pipeline(
     default) an embedded registry without any production version gets this one
     as production, so the first run on a laptop ends with a model to serve;
     CI's ``register`` job uses ``digitops registry register`` and never does this.
+    A candidate that could not be judged (``comparison.judged`` false: Comet or the
+    registry unreadable) is never registered.
     """
     seconds: dict[str, float] = {}
 
@@ -79,7 +82,11 @@ def run_pipeline(
     )
     tracker, registry = get_tracker(), get_registry()
     comparison = timed(
-        "compare", lambda: compare(run_id, tracker=tracker, registry=registry, metric=metric, gate=gate or Gate.from_env())
+        "compare",
+        lambda: compare(
+            run_id, tracker=tracker, registry=registry, metric=metric, gate=gate or Gate.from_env(),
+            allow_unjudged=allow_unjudged,
+        ),
     )
     report = timed(
         "report",

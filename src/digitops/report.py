@@ -155,7 +155,9 @@ def _view(
 
     params = [(k, _shown_param(k, v)) for k, v in sorted(run.params.items())]
     param_diff: list[tuple[str, str, str]] | None = None
-    if c.production_version is None:
+    if not c.judged:
+        note = "The production version could not be read, so no parameters to compare with."
+    elif c.production_version is None:
         note = "No production model yet, so no parameters to compare with."
     elif c.production_params is None:
         note = f"The parameters of production {c.production_version}'s run ({c.production_run_id}) are not known here."

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
@@ -13,7 +12,8 @@ from digitops import comet_env, config
 def _require_key() -> None:
     if not config.comet_enabled():
         raise click.ClickException(
-            "COMET_API_KEY is not set: nothing is sent to Comet (runs stay in the local store). "
+            "COMET_API_KEY is not set (nor api_key in ./.comet.config or ~/.comet.config): nothing is sent "
+            "to Comet (runs stay in the local store). "
             "Set COMET_API_KEY (and COMET_WORKSPACE, COMET_PROJECT_NAME) to sync."
         )
 
@@ -28,7 +28,7 @@ def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
     something could not be sent; run it again later.
     """
     _require_key()
-    from digitops.registry.comet import pending_registrations, sync_registrations
+    from digitops.registry.comet import pending_label, pending_registrations, sync_registrations
     from digitops.tracking.comet import pending_runs, stray_archives, sync_pending, upload_archive
 
     runs = [s for s in pending_runs() if not run_ids or s.run_id in run_ids]
@@ -36,11 +36,12 @@ def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
     regs = pending_registrations()
     if dry_run:
         for s in runs:
-            click.echo(f"run {s.run_id}: {s.pending['archive'] if s.pending else 'incomplete experiment(s) to remove'}")
+            what = (s.pending.get("archive") or "changes to send") if s.pending else "incomplete experiment(s) to remove"
+            click.echo(f"run {s.run_id}: {what}")
         for p in strays:
             click.echo(f"archive {p}")
         for r in regs:
-            click.echo(f"registration: {r['name']} local {r['local_version']} (run {r['run_id']})")
+            click.echo(f"registration: {r['name']} {pending_label(r)} (run {r['run_id']})")
         click.echo(f"{len(runs)} run(s), {len(strays)} other archive(s), {len(regs)} registration(s) pending")
         return
     if not runs and not strays and not regs:
@@ -75,7 +76,7 @@ def comet() -> None:
 @click.option("--probe/--no-probe", default=True, show_default=True, help="Contact the server (one bounded request).")
 def status(as_json: bool, probe: bool) -> None:
     """Where Comet data goes, whether the server answers, what waits for `digitops sync`."""
-    from digitops.registry.comet import pending_registrations
+    from digitops.registry.comet import pending_label, pending_registrations
     from digitops.tracking.comet import pending_runs, stray_archives
 
     info: dict[str, object] = {
@@ -86,7 +87,7 @@ def status(as_json: bool, probe: bool) -> None:
         "offline_forced": comet_env.offline_forced(),
         "pending_runs": [s.run_id for s in pending_runs()],
         "stray_archives": [str(p) for p in stray_archives()],
-        "pending_registrations": [f"{r['name']} {r['local_version']}" for r in pending_registrations()],
+        "pending_registrations": [f"{r['name']} {pending_label(r)}" for r in pending_registrations()],
     }
     if probe and config.comet_enabled() and not comet_env.offline_forced():
         result = comet_env.check_online(use_memo=False)
@@ -98,8 +99,8 @@ def status(as_json: bool, probe: bool) -> None:
         return
     for key, value in info.items():
         click.echo(f"{key}: {value}")
-    if not os.environ.get("COMET_API_KEY"):
-        click.echo("(COMET_API_KEY unset: runs and models stay in the local store)")
+    if not config.comet_enabled():
+        click.echo("(no Comet API key in the environment or ~/.comet.config: runs and models stay local)")
 
 
 COMMANDS = [sync, comet]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from digitops.cli.run import collect_parameters, param_options
-from digitops.cli.tracking import _gate, gate_options
+from digitops.cli.tracking import _gate, exit_if_unjudged, gate_options
 
 EXIT_GATE_FAILED, EXIT_ERROR, EXIT_NOTEBOOK_FAILED = 1, 2, 3
 
@@ -26,7 +26,7 @@ EXIT_GATE_FAILED, EXIT_ERROR, EXIT_NOTEBOOK_FAILED = 1, 2, 3
 @click.option("-v", "--log-output", is_flag=True, help="Stream the notebooks' output here.")
 def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], profile: str, metric: str,
                  floor: str | None, tolerance: float | None, lower_is_better: bool, model_name: str | None,
-                 promote: bool, no_auto_promote: bool, no_register: bool, base_url: str | None,
+                 allow_unjudged: bool, promote: bool, no_auto_promote: bool, no_register: bool, base_url: str | None,
                  log_output: bool) -> None:
     """Train -> evaluate -> compare -> report -> register (as staging) [-> promote].
 
@@ -41,7 +41,9 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
 
     \b
     Exit codes: 0 gate passed (and registered), 1 gate failed,
-                2 bad parameters or other error, 3 a notebook failed.
+                2 bad parameters, other error, or cannot judge (Comet or the
+                  registry unreadable; nothing registered; see --allow-unjudged),
+                3 a notebook failed.
     """
     import os
 
@@ -56,7 +58,7 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
         result = run_pipeline(
             parameters, gate=gate, metric=metric, register=not no_register, promote=promote,
             auto_promote=not no_auto_promote, base_url=base_url, log_output=log_output,
-            echo=lambda m: click.secho(m, bold=True),
+            echo=lambda m: click.secho(m, bold=True), allow_unjudged=allow_unjudged,
         )
     except params_mod.ParameterError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -79,9 +81,10 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
         status = "production" if result.promoted else result.version.status
         click.echo(f"Registered {result.version.name} {result.version.version} ({status})")
     elif not no_register:
-        click.echo("Not registered: the gate failed.")
+        click.echo("Not registered: " + ("the candidate could not be judged." if not c.judged else "the gate failed."))
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     click.echo(f"Stages: {timings}")
+    exit_if_unjudged(c)
     if not c.passed:
         raise SystemExit(EXIT_GATE_FAILED)
 

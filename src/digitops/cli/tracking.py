@@ -13,6 +13,7 @@ import click
 
 from digitops.compare import (
     DEFAULT_METRIC,
+    ENV_ALLOW_UNJUDGED,
     ENV_FLOOR,
     ENV_METRIC,
     ENV_TOLERANCE,
@@ -181,6 +182,13 @@ def gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--lower-is-better", is_flag=True, help="The metric improves downwards (a loss): the floor is a ceiling."
         ),
         click.option("--model-name", help="Registered model whose production version is the baseline."),
+        click.option(
+            "--allow-unjudged",
+            is_flag=True,
+            envvar=ENV_ALLOW_UNJUDGED,
+            help="When Comet (or the registry) cannot be read, judge against the local store instead of "
+            f"refusing (exit 2). You accept the risk of passing a worse model. Env {ENV_ALLOW_UNJUDGED}=1.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -200,15 +208,25 @@ def _gate(floor: str | None, tolerance: float | None, lower_is_better: bool) -> 
         raise CompareCommandError(str(exc)) from exc
 
 
-def _compare(run_id: str, metric: str, gate: Gate, model_name: str | None) -> Comparison:
+def _compare(run_id: str, metric: str, gate: Gate, model_name: str | None, allow_unjudged: bool) -> Comparison:
     from digitops import compare as compare_mod
     from digitops.registry import RegistryError
     from digitops.tracking import TrackingError
 
     try:
-        return compare_mod.compare(run_id, metric=metric, gate=gate, model_name=model_name)
+        return compare_mod.compare(
+            run_id, metric=metric, gate=gate, model_name=model_name, allow_unjudged=allow_unjudged
+        )
     except (CompareError, TrackingError, RegistryError) as exc:
         raise CompareCommandError(str(exc)) from exc
+
+
+def exit_if_unjudged(c: Comparison) -> None:
+    """Exit 2 with ``cannot judge: <why>`` on stderr when the gate could not see what it needs."""
+    if not c.judged:
+        click.echo(f"Error: cannot judge: {c.unjudged_reason}", err=True)
+        click.echo(f"  (the candidate does not pass; --allow-unjudged / {ENV_ALLOW_UNJUDGED}=1 accepts the risk)", err=True)
+        sys.exit(EXIT_ERROR)
 
 
 def _print_comparison(c: Comparison) -> None:
@@ -229,6 +247,7 @@ def compare_cmd(
     tolerance: float | None,
     lower_is_better: bool,
     model_name: str | None,
+    allow_unjudged: bool,
     as_json: bool,
 ) -> None:
     """Compare RUN with the project's other finished runs and the production model.
@@ -242,14 +261,16 @@ def compare_cmd(
     Exit status:
       0  the candidate passes the gate
       1  the candidate fails the gate
-      2  error: unknown run, missing metric, bad option
+      2  error: unknown run, missing metric, bad option, or cannot judge
+         (Comet / the registry could not be read; see --allow-unjudged)
     """
     gate = _gate(floor, tolerance, lower_is_better)
-    c = _compare(run_id, metric, gate, model_name)
+    c = _compare(run_id, metric, gate, model_name, allow_unjudged)
     if as_json:
         click.echo(json.dumps(c.to_dict(), indent=2, default=str))
-    else:
+    elif c.judged:
         _print_comparison(c)
+    exit_if_unjudged(c)
     sys.exit(EXIT_PASS if c.passed else EXIT_FAIL)
 
 
@@ -281,6 +302,7 @@ def report_cmd(
     tolerance: float | None,
     lower_is_better: bool,
     model_name: str | None,
+    allow_unjudged: bool,
     out_dir: Path | None,
     run_dir: Path | None,
     base_url: str | None,
@@ -292,12 +314,13 @@ def report_cmd(
     Exit status:
       0  report written (and, with --exit-code, the gate passed)
       1  with --exit-code: report written, the gate failed
-      2  error: unknown run, missing metric, bad option
+      2  error: unknown run, missing metric, bad option; or cannot judge (the report
+         is written and says the comparison could not be made)
     """
     from digitops import report as report_mod
 
     gate = _gate(floor, tolerance, lower_is_better)
-    c = _compare(run_id, metric, gate, model_name)
+    c = _compare(run_id, metric, gate, model_name, allow_unjudged)
     try:
         paths = report_mod.write_report(
             run_id, out_dir, comparison=c, base_url=base_url, run_dir=run_dir, model_name=model_name
@@ -307,6 +330,7 @@ def report_cmd(
     click.echo(c.headline())
     for kind, path in paths.items():
         click.echo(f"{kind}: {path}")
+    exit_if_unjudged(c)
     sys.exit(EXIT_FAIL if exit_code and not c.passed else EXIT_PASS)
 
 

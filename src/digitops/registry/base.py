@@ -73,6 +73,15 @@ class Registry(abc.ABC):
     def get_by_status(self, name: str, status: str = PRODUCTION) -> ModelVersion | None:
         """The newest version with ``status`` (the only one, for production), or None."""
 
+    def production_reference(self, name: str) -> ModelVersion | None:
+        """The production version a gate compares against, read from this registry itself.
+
+        Unlike :meth:`get_by_status`, a backend that would answer from a stand-in (the
+        embedded registry while Comet is away) raises :class:`RegistryError` instead: a
+        gate must not judge against what it could not see.
+        """
+        return self.get_by_status(name, PRODUCTION)
+
     @abc.abstractmethod
     def set_status(self, name: str, version: str, status: str) -> ModelVersion:
         """Set a version's status; setting production archives the previous production."""

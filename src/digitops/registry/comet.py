@@ -19,7 +19,11 @@ verifies what it fetched, and a ``promoted:<UTC time>`` tag per promotion, which
 Offline safety: when Comet cannot be reached, :meth:`CometRegistry.register`
 registers in the embedded registry and records a pending registration that
 ``digitops sync`` replays; reads fall back to the embedded registry with a
-warning; status changes fail with a clear :class:`RegistryError`.
+warning; status changes fail with a clear :class:`RegistryError`. A version
+registered offline has no public number until ``sync`` gets one from Comet:
+it is shown as ``pending-N`` (its embedded-registry number would collide with
+Comet's real ones), and after sync as Comet's number. The gate's production
+reference (:meth:`CometRegistry.production_reference`) never falls back.
 """
 
 from __future__ import annotations
@@ -87,8 +91,62 @@ def pending_registrations() -> list[dict[str, Any]]:
         raise RegistryError(f"corrupt pending registrations file {_pending_file()}: {exc}") from exc
 
 
-def _save_pending(items: list[dict[str, Any]]) -> None:
-    path = _pending_file()
+PENDING_PREFIX = "pending-"
+
+
+def _synced_file() -> Path:
+    return comet_env.state_dir() / "synced-registrations.json"
+
+
+def synced_registrations() -> list[dict[str, Any]]:
+    """Registrations made offline and since registered in Comet (local version -> Comet version)."""
+    try:
+        return list(json.loads(_synced_file().read_text()))
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def _next_pending_id(items: list[dict[str, Any]]) -> str:
+    """``pending-N``, N never reused (counted over pending and synced registrations)."""
+    used = [0]
+    for item in items + synced_registrations():
+        tail = str(item.get("pending_id", "")).removeprefix(PENDING_PREFIX)
+        if tail.isdigit():
+            used.append(int(tail))
+    return f"{PENDING_PREFIX}{max(used) + 1}"
+
+
+def pending_label(item: dict[str, Any]) -> str:
+    """How a pending registration is shown: its ``pending-N`` placeholder, never the local number."""
+    return str(item.get("pending_id") or f"{PENDING_PREFIX}{item['local_version']}")
+
+
+def _public(version: ModelVersion) -> ModelVersion:
+    """A version of the embedded registry as Comet users must see it (pending-N / Comet's number)."""
+    import dataclasses
+
+    for item in pending_registrations():
+        if item["name"] == version.name and item["local_version"] == version.version:
+            return dataclasses.replace(version, version=pending_label(item))
+    for item in synced_registrations():
+        if item["name"] == version.name and item["local_version"] == version.version:
+            return dataclasses.replace(version, version=str(item["comet_version"]))
+    return version
+
+
+def _local_number(name: str, version: str) -> str:
+    """The embedded registry's number for a version shown as ``pending-N`` or as its Comet number."""
+    for item in pending_registrations():
+        if item["name"] == name and pending_label(item) == version:
+            return str(item["local_version"])
+    for item in synced_registrations():
+        if item["name"] == name and str(item["comet_version"]) == version:
+            return str(item["local_version"])
+    return version
+
+
+def _save_pending(items: list[dict[str, Any]], path: Path | None = None) -> None:
+    path = path or _pending_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(items, indent=1))
@@ -133,7 +191,7 @@ class CometRegistry(Registry):
     def _model(self, name: str) -> Any:
         from comet_ml import Model
 
-        return Model(self.workspace, name, api_key=os.environ.get("COMET_API_KEY"))
+        return Model(self.workspace, name, api_key=comet_env.api_key())
 
     def _versions(self, name: str, **filters: Any) -> list[str]:
         """Versions of ``name`` newest first ([] when the model does not exist yet)."""
@@ -228,9 +286,11 @@ class CometRegistry(Registry):
         except CometUnavailable as exc:
             local = SqliteRegistry().register(name, src, run_id, metrics=metrics, status=status, bump=bump)
             items = pending_registrations()
+            pending_id = _next_pending_id(items)
             items.append(
                 {
                     "name": name,
+                    "pending_id": pending_id,
                     "local_version": local.version,
                     "model_path": local.uri,
                     "run_id": run_id,
@@ -243,10 +303,10 @@ class CometRegistry(Registry):
             )
             _save_pending(items)
             _say(
-                f"{exc}; registered {name} {local.version} in the local registry; "
+                f"{exc}; registered {name} {pending_id} in the local registry (no Comet version yet); "
                 "`digitops sync` registers it in Comet"
             )
-            return local
+            return _public(local)
         return self._register_online(name, key, run_id, digest, metrics or {}, status, bump)
 
     def _experiment_for(self, run_id: str, digest: str) -> str:
@@ -305,6 +365,10 @@ class CometRegistry(Registry):
                     status=TO_COMET[STAGING if status in (PRODUCTION, ARCHIVED) else status],
                 )
             except CometRestApiException as exc:
+                # Comet saved it but the answer was lost (a 5xx after the write): it is ours, done.
+                mine = self._already_registered(name, run_id, digest)
+                if mine is not None and mine.version == version:
+                    break
                 # Another registration took this version first: recompute and retry.
                 if attempt < 2 and version in self._versions(name):
                     continue
@@ -316,6 +380,15 @@ class CometRegistry(Registry):
             return self.set_status(name, version, status)
         return self.get_version(name, version)
 
+    def _already_registered(self, name: str, run_id: str, digest: str) -> ModelVersion | None:
+        """A version of this run's exact model that Comet already holds (an earlier sync saved it
+        but its answer was lost): replaying the registration would make a second version."""
+        for version in self._versions(name, tag=f"sha256:{digest}"):
+            mv = self._to_version(name, self._details(name, version))
+            if mv.run_id == run_id:
+                return mv
+        return None
+
     # -- reads --------------------------------------------------------------------
 
     def list_versions(self, name: str) -> list[ModelVersion]:
@@ -323,7 +396,7 @@ class CometRegistry(Registry):
         try:
             self._online()
         except CometUnavailable as exc:
-            return self._fallback("list versions", exc).list_versions(name)
+            return [_public(v) for v in self._fallback("list versions", exc).list_versions(name)]
         versions = sorted(self._versions(name), key=_parse)
         return [self._to_version(name, self._details(name, v)) for v in versions]
 
@@ -332,7 +405,12 @@ class CometRegistry(Registry):
         try:
             self._online()
         except CometUnavailable as exc:
-            return self._fallback("get version", exc).get_version(name, version)
+            return _public(self._fallback("get version", exc).get_version(name, _local_number(name, version)))
+        if version.startswith(PENDING_PREFIX):
+            raise RegistryError(
+                f"{name} {version} was registered while Comet was unreachable and has no Comet version yet; "
+                "run `digitops sync`"
+            )
         return self._to_version(name, self._details(name, version))
 
     def get_by_status(self, name: str, status: str = PRODUCTION) -> ModelVersion | None:
@@ -342,7 +420,8 @@ class CometRegistry(Registry):
         try:
             self._online()
         except CometUnavailable as exc:
-            return self._fallback(f"{status} version", exc).get_by_status(name, status)
+            found = self._fallback(f"{status} version", exc).get_by_status(name, status)
+            return _public(found) if found is not None else None
         if status == ARCHIVED:
             found = self._versions(name, tag=ARCHIVED_TAG)
         else:
@@ -352,6 +431,18 @@ class CometRegistry(Registry):
             if mv.status == status:
                 return mv
         return None
+
+    def production_reference(self, name: str) -> ModelVersion | None:
+        """Comet's production version, never the local registry's (raises :class:`CometUnavailable`)."""
+        self._online()
+        try:
+            return self.get_by_status(name, PRODUCTION)
+        except RegistryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - SDK and network errors alike: the gate cannot see
+            reason = comet_env.redact(f"{type(exc).__name__}: {exc}")
+            comet_env.mark_unreachable(reason)
+            raise CometUnavailable(f"Comet's model registry could not be read: {reason}") from exc
 
     # -- statuses -----------------------------------------------------------------
 
@@ -390,12 +481,12 @@ class CometRegistry(Registry):
     def _set_pending_status(self, name: str, version: str, status: str, exc: CometUnavailable) -> ModelVersion:
         """Offline: a version registered locally (pending) changes status locally, and sync carries it over."""
         items = pending_registrations()
-        mine = [i for i in items if i["name"] == name and i["local_version"] == version]
+        mine = [i for i in items if i["name"] == name and pending_label(i) == version]
         if not mine:
             raise CometUnavailable(
                 f"{exc}; cannot change the status of {name} {version} in Comet now, try again later"
             ) from exc
-        local = SqliteRegistry().set_status(name, version, status)
+        local = _public(SqliteRegistry().set_status(name, str(mine[0]["local_version"]), status))
         for item in items:
             if item in mine:
                 item["status"] = status
@@ -444,7 +535,8 @@ class CometRegistry(Registry):
         try:
             self._online()
         except CometUnavailable as exc:
-            return self._fallback("download", exc).download(name, dest, version=version, status=status)
+            local = _local_number(name, version) if version is not None else None
+            return self._fallback("download", exc).download(name, dest, version=local, status=status)
         if version is not None:
             mv = self.get_version(name, version)
         else:
@@ -485,11 +577,15 @@ def sync_registrations() -> list[str]:
         return []
     registry = CometRegistry()
     lines, left = [], []
+    synced = synced_registrations()
     for item in items:
         try:
             registry._online()
             key = registry._experiment_for(item["run_id"], item["sha256"])
-            mv = registry._register_online(
+            done = registry._already_registered(item["name"], item["run_id"], item["sha256"])
+            if done is not None and item.get("status", STAGING) != done.status:
+                done = registry.set_status(item["name"], done.version, item.get("status", STAGING))
+            mv = done or registry._register_online(
                 item["name"],
                 key,
                 item["run_id"],
@@ -498,12 +594,12 @@ def sync_registrations() -> list[str]:
                 item.get("status", STAGING),
                 item.get("bump", "minor"),
             )
-            lines.append(
-                f"model {item['name']}: local version {item['local_version']} registered in Comet as "
-                f"{mv.version} ({mv.status})"
-            )
+            lines.append(f"model {item['name']}: {pending_label(item)} registered in Comet as {mv.version} ({mv.status})")
+            synced.append({**item, "comet_version": mv.version})
+            _save_pending(synced, _synced_file())
+            _save_pending(left + items[items.index(item) + 1 :])  # progress survives an interruption
         except RegistryError as exc:
             left.append(item)
-            lines.append(f"model {item['name']} {item['local_version']} (run {item['run_id']}): still pending ({exc})")
+            lines.append(f"model {item['name']} {pending_label(item)} (run {item['run_id']}): still pending ({exc})")
     _save_pending(left)
     return lines

@@ -31,7 +31,8 @@ experiment per run. The local store is complete either way: nothing is lost.
 
 Comparisons (:meth:`CometTracker.metric_summary`) read the Comet project's
 experiments through ``comet_ml.API`` (summaries come back as strings); when
-Comet cannot be reached they fall back to the local store, with a warning.
+Comet cannot be reached they raise :class:`TrackingError` (fail closed: the
+gate then refuses to judge, see :mod:`digitops.compare`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,21 @@ EXPERIMENT_OPTIONS: dict[str, Any] = {
     "display_summary_level": 0,
 }
 
+
+def _options(cls: Any) -> dict[str, Any]:
+    """:data:`EXPERIMENT_OPTIONS` that ``cls`` accepts: ``ExistingOfflineExperiment`` lacks some
+    (``log_env_network``), and an unknown keyword there used to lose the whole stage."""
+    import inspect
+
+    try:
+        accepted = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return dict(EXPERIMENT_OPTIONS)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return dict(EXPERIMENT_OPTIONS)
+    return {k: v for k, v in EXPERIMENT_OPTIONS.items() if k in accepted}
+
+
 KEY_TAG = "comet_experiment_key"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg"}
 #: Local tags not copied to Comet: they change from stage to stage of one run.
@@ -80,9 +96,6 @@ RUN_FOLDER_FILES = ("model.keras", "metrics.json")
 #: Set by the process that starts a run (the runner) to its pid: notebook kernels it launches
 #: inherit it and leave the Comet mirror to it, so they never import comet_ml.
 OWNER_ENV = "DIGITOPS_COMET_OWNER"
-
-
-_warned_fallback = False
 
 
 def _say(message: str) -> None:
@@ -256,6 +269,13 @@ def _log_delta(exp: Any, rec: RunRecord, base: Snapshot | None, target: Snapshot
     return sent
 
 
+class _DryRun:
+    """Stands in for an experiment to count what :func:`_log_delta` would send."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
 def _log_file(exp: Any, name: str, path: str) -> None:
     suffix = Path(name).suffix.lower()
     if suffix == ".keras":
@@ -297,7 +317,8 @@ class SyncOutcome:
     def describe(self) -> str:
         """One human line."""
         if self.mode == "online":
-            return f"run {self.run_id}: {self.items} item(s) sent to {self.url}"
+            extra = f"; removed {len(self.deleted_orphans)} incomplete experiment(s)" if self.deleted_orphans else ""
+            return f"run {self.run_id}: {self.items} item(s) sent to {self.url}{extra}"
         if self.mode == "up-to-date":
             return f"run {self.run_id}: already up to date in Comet ({self.url})"
         if self.mode == "uploaded":
@@ -367,26 +388,90 @@ class CometTracker(SqliteTracker):
             reach = comet_env.check_online(use_memo=use_memo)
             reason = reach.reason
             if reach.ok:
-                uploaded = None
-                if state.pending:
-                    uploaded = _upload_pending(self, state)
-                if uploaded is None or uploaded.mode == "uploaded":
-                    base = Snapshot.from_json(state.sent)
-                    if state.experiment_key and base == target:
-                        outcome = SyncOutcome(run_id, "up-to-date", state.experiment_key, state.url)
+                try:
+                    if state.pending:
+                        # Recovering: compare with what the Comet experiment really holds, send the rest.
+                        outcome = self._reconcile(rec, state, target)
                     else:
-                        outcome = self._push_online(rec, state, base, target)
-                    if outcome.mode in ("online", "up-to-date"):
-                        if uploaded is not None:
-                            outcome.deleted_orphans = uploaded.deleted_orphans
-                        outcome.seconds = time.monotonic() - start
-                        return outcome
-                    reason = outcome.reason
-                else:
-                    reason = uploaded.reason
-            outcome = self._keep_offline(rec, state, target, reason)
+                        base = Snapshot.from_json(state.sent)
+                        if state.experiment_key and base == target:
+                            outcome = SyncOutcome(run_id, "up-to-date", state.experiment_key, state.url)
+                        else:
+                            outcome = self._push_online(rec, state, base, target)
+                except Exception as exc:  # noqa: BLE001 - any SDK/network failure: keep it for sync
+                    outcome = SyncOutcome(run_id, "failed", reason=comet_env.redact(f"{type(exc).__name__}: {exc}"))
+                    comet_env.mark_unreachable(outcome.reason)
+                    state = RunState.load(run_id)
+                if outcome.mode in ("online", "up-to-date", "uploaded"):
+                    outcome.seconds = time.monotonic() - start
+                    return outcome
+                reason = outcome.reason
+            try:
+                outcome = self._keep_offline(rec, state, target, reason)
+            except Exception as exc:  # noqa: BLE001 - no archive: still listed for `digitops sync`
+                outcome = self._mark_pending(state, target, f"{reason}; no offline archive ({type(exc).__name__}: {exc})")
             outcome.seconds = time.monotonic() - start
             return outcome
+
+    def _mark_pending(self, state: RunState, target: Snapshot, reason: str) -> SyncOutcome:
+        """Remember that Comet lacks part of the run even without an archive (sync compares and sends)."""
+        state = RunState.load(state.run_id)
+        old = dict(state.pending or {})
+        state.pending = {
+            "archive": old.get("archive"),
+            "experiment_key": old.get("experiment_key") or state.experiment_key,
+            "mode": old.get("mode") or ("existing" if state.experiment_key else "new"),
+            "snapshot": asdict(target),
+            "reason": reason,
+            "created_at": time.time(),
+        }
+        state.save()
+        return SyncOutcome(state.run_id, "offline", state.experiment_key, state.url, old.get("archive"), reason)
+
+    def _reconcile(self, rec: RunRecord, state: RunState, target: Snapshot) -> SyncOutcome:
+        """Make the Comet experiment hold exactly ``target``: idempotent, whatever reached Comet before.
+
+        A kept archive of a run Comet never saw is uploaded whole (it keeps the original
+        timestamps); otherwise, and after that upload, what Comet holds is read back and
+        only what it lacks is sent, so a half-applied earlier attempt is never replayed.
+        """
+        pending = dict(state.pending or {})
+        archive = pending.get("archive")
+        key = state.experiment_key
+        if key is None and pending.get("mode") == "new":
+            key = pending.get("experiment_key")
+        remote = remote_snapshot(key, target, state, run_files(rec)) if key else None
+        deleted: list[str] = []
+        uploaded_now = False
+        if remote is None and pending.get("mode") == "new" and archive and Path(archive).is_file():
+            uploaded = _upload_pending(self, state)
+            if uploaded.mode != "uploaded":
+                return uploaded
+            uploaded_now, deleted = True, uploaded.deleted_orphans
+            key = state.experiment_key
+            remote = remote_snapshot(key, target, state, run_files(rec)) if key else None
+        if remote is None:
+            state.experiment_key = None  # never reached Comet (or deleted there): a new experiment
+            outcome = self._push_online(rec, state, None, target)
+        elif _log_delta(_DryRun(), rec, remote, target) == 0 and remote.others.get("Name", rec.run_id) == rec.run_id:
+            state.experiment_key = key  # Comet already holds all of it: nothing is sent twice
+            state.sent = asdict(target)
+            state.save()
+            outcome = SyncOutcome(rec.run_id, "uploaded" if uploaded_now else "up-to-date", key, state.url, archive)
+            self.set_tags(rec.run_id, {KEY_TAG: str(key)})
+        else:
+            state.experiment_key = key
+            outcome = self._push_online(rec, state, remote, target)
+        if outcome.mode not in ("online", "up-to-date", "uploaded"):
+            return outcome
+        state = RunState.load(rec.run_id)
+        if archive:
+            Path(archive).unlink(missing_ok=True)
+        state.pending = None
+        state.save()
+        deleted += _delete_orphans(state)
+        outcome.deleted_orphans = deleted
+        return outcome
 
     def _push_online(
         self, rec: RunRecord, state: RunState, base: Snapshot | None, target: Snapshot
@@ -399,14 +484,14 @@ class CometTracker(SqliteTracker):
         try:
             if existing:
                 exp = comet_ml.ExistingExperiment(
-                    experiment_key=existing, offline_directory=scratch, **EXPERIMENT_OPTIONS
+                    experiment_key=existing, offline_directory=scratch, **_options(comet_ml.ExistingExperiment)
                 )
             else:
                 exp = comet_ml.Experiment(
                     project_name=rec.project,
                     workspace=comet_env.workspace(),
                     offline_directory=scratch,
-                    **EXPERIMENT_OPTIONS,
+                    **_options(comet_ml.Experiment),
                 )
             # The SDK calls this when it had to fall back to an offline archive mid-way.
             exp.set_offline_zip_uploader(fell_back.append)
@@ -415,6 +500,8 @@ class CometTracker(SqliteTracker):
                 error = "the experiment could not be created or continued"
             else:
                 items = _log_delta(exp, rec, base if existing else None, target)
+                if existing and base is not None and base.others.get("Name", rec.run_id) != rec.run_id:
+                    exp.set_name(rec.run_id)
                 if not exp.flush() or not exp.alive:
                     error = "not all data could be flushed to Comet"
                 url = exp.url
@@ -435,13 +522,16 @@ class CometTracker(SqliteTracker):
             state.save()
             comet_env.mark_unreachable(error)
             return SyncOutcome(rec.run_id, "failed", key, reason=error)
+        # A handshake without a URL must not erase the good one stored for the run.
+        url = url or state.url
         state.experiment_key = key
         state.url = url
         state.sent = asdict(target)
         state.save()
         comet_env.mark_reachable()
         self.set_tags(rec.run_id, {KEY_TAG: str(key)})
-        self.set_url(rec.run_id, url)
+        if url:
+            self.set_url(rec.run_id, url)
         return SyncOutcome(rec.run_id, "online", key, url, items=items)
 
     def _keep_offline(self, rec: RunRecord, state: RunState, target: Snapshot, reason: str) -> SyncOutcome:
@@ -453,14 +543,16 @@ class CometTracker(SqliteTracker):
         if state.experiment_key:
             # Continue the experiment Comet already has; the archive carries only what it lacks.
             exp = comet_ml.ExistingOfflineExperiment(
-                experiment_key=state.experiment_key, offline_directory=str(out_dir), **EXPERIMENT_OPTIONS
+                experiment_key=state.experiment_key,
+                offline_directory=str(out_dir),
+                **_options(comet_ml.ExistingOfflineExperiment),
             )
         else:
             exp = comet_ml.OfflineExperiment(
                 project_name=rec.project,
                 workspace=comet_env.workspace(),
                 offline_directory=str(out_dir),
-                **EXPERIMENT_OPTIONS,
+                **_options(comet_ml.OfflineExperiment),
             )
         exp.set_offline_zip_uploader(written.append)
         items = _log_delta(exp, rec, base, target)
@@ -496,34 +588,25 @@ class CometTracker(SqliteTracker):
     ) -> MetricSummary:
         """Mean and best of ``metric`` over the Comet project's finished experiments, less ``exclude``.
 
-        Falls back to the local store (with a warning) when Comet cannot be reached.
+        Raises :class:`TrackingError` when Comet cannot be read: the local store holds only
+        this machine's runs, and a gate judged against it would pass what it never saw
+        (:func:`digitops.compare.compare` decides what to do, see ``--allow-unjudged``).
         """
         reach = comet_env.check_online()
-        if reach.ok:
-            try:
-                return comet_metric_summary(
-                    metric,
-                    project=project or config.project_name(),
-                    exclude=exclude,
-                    data_checksum=data_checksum,
-                    higher_is_better=higher_is_better,
-                )
-            except Exception as exc:  # noqa: BLE001 - any SDK/network error: use the local store
-                reason = f"{type(exc).__name__}: {exc}"
-                comet_env.mark_unreachable(reason)
-        else:
-            reason = reach.reason
-        global _warned_fallback
-        if not _warned_fallback:
-            _say(f"comparing against the local store: Comet not reached ({reason})")
-            _warned_fallback = True
-        return super().metric_summary(
-            metric,
-            project=project,
-            exclude=exclude,
-            data_checksum=data_checksum,
-            higher_is_better=higher_is_better,
-        )
+        if not reach.ok:
+            raise TrackingError(f"the Comet project cannot be read: {reach.reason}")
+        try:
+            return comet_metric_summary(
+                metric,
+                project=project or config.project_name(),
+                exclude=exclude,
+                data_checksum=data_checksum,
+                higher_is_better=higher_is_better,
+            )
+        except Exception as exc:  # noqa: BLE001 - any SDK/network error: the history is not readable
+            reason = comet_env.redact(f"{type(exc).__name__}: {exc}")
+            comet_env.mark_unreachable(reason)
+            raise TrackingError(f"the Comet project cannot be read: {reason}") from exc
 
 
 def _api() -> Any:
@@ -611,18 +694,42 @@ def _upload_pending(tracker: SqliteTracker, state: RunState) -> SyncOutcome:
     already = pending.get("mode") == "new" and api.get_experiment_by_key(key) is not None
     ok = already or upload_single_offline_experiment(
         offline_archive_path=archive,
-        api_key=os.environ.get("COMET_API_KEY", ""),
+        api_key=comet_env.api_key() or "",
         force_upload=False,
         display_level="warning",
     )
     if not ok:
-        reason = f"uploading {Path(archive).name} failed (see the COMET messages above)"
+        reason = f"uploading {Path(archive).name} failed; the archive is kept"
         return SyncOutcome(state.run_id, "failed", key, archive=archive, reason=reason)
     uploaded = api.get_experiment_by_key(key)
-    url = uploaded.url if uploaded is not None else state.url
+    url = (uploaded.url if uploaded is not None else None) or state.url
+    state.experiment_key = key
+    deleted = _delete_orphans(state, api)
+    state.experiment_key = key
+    state.url = url
+    state.sent = pending.get("snapshot")
+    state.pending = None
+    state.save()
+    Path(archive).unlink(missing_ok=True)
+    try:
+        tracker.set_tags(state.run_id, {KEY_TAG: key})
+        if url:
+            tracker.set_url(state.run_id, url)
+    except TrackingError:
+        pass  # the run's local record lives in another store; Comet is up to date regardless
+    return SyncOutcome(
+        state.run_id, "uploaded", key, url, archive, seconds=time.monotonic() - start, deleted_orphans=deleted
+    )
+
+
+def _delete_orphans(state: RunState, api: Any = None) -> list[str]:
+    """Delete the run's half-created online experiments (never the one holding the run); saves ``state``."""
+    if not state.orphans:
+        return []
+    api = api or _api()
     deleted = []
     for orphan in list(state.orphans):
-        if orphan == key:
+        if orphan == state.experiment_key:
             state.orphans.remove(orphan)
             continue
         try:
@@ -632,20 +739,74 @@ def _upload_pending(tracker: SqliteTracker, state: RunState) -> SyncOutcome:
             state.orphans.remove(orphan)
         except Exception as exc:  # noqa: BLE001 - retried at the next sync
             _say(f"run {state.run_id}: could not remove incomplete experiment {orphan}: {exc}")
-    state.experiment_key = key
-    state.url = url
-    state.sent = pending.get("snapshot")
-    state.pending = None
     state.save()
-    Path(archive).unlink(missing_ok=True)
+    return deleted
+
+
+def _same(local: Any, remote: Any) -> bool:
+    """Whether a value Comet sends back (a string) is the value logged."""
+    if remote is None:
+        return False
+    if str(local) == str(remote):
+        return True
     try:
-        tracker.set_tags(state.run_id, {KEY_TAG: key})
-        tracker.set_url(state.run_id, url)
-    except TrackingError:
-        pass  # the run's local record lives in another store; Comet is up to date regardless
-    return SyncOutcome(
-        state.run_id, "uploaded", key, url, archive, seconds=time.monotonic() - start, deleted_orphans=deleted
-    )
+        return math.isclose(float(local), float(remote), rel_tol=1e-9, abs_tol=1e-12)
+    except (TypeError, ValueError):
+        return str(local).lower() == str(remote).lower()
+
+
+def remote_snapshot(
+    key: str, target: Snapshot, state: RunState | None = None, files: dict[str, str] | None = None
+) -> Snapshot | None:
+    """What the Comet experiment ``key`` holds of ``target``, as a :class:`Snapshot` (None: no such experiment).
+
+    Read back through the REST API, so the result does not depend on what an earlier,
+    possibly half-applied attempt believed it sent. A value counts as held when Comet has
+    it (numbers compared as numbers); a file when an asset of its name and size is there
+    and it did not change locally since it was last confirmed sent.
+    """
+    api = _api()
+    exp = api.get_experiment_by_key(key)
+    if exp is None:
+        return None
+    params_remote = {p["name"]: p.get("valueCurrent") for p in exp.get_parameters_summary() or []}
+    others_remote = {o["name"]: o.get("valueCurrent") for o in exp.get_others_summary() or []}
+    tags_remote = set(exp.get_tags() or [])
+    have_metrics = {m["name"] for m in exp.get_metrics_summary() or []}
+    assets = exp.get_asset_list() or []
+    base = Snapshot()
+    base.params = {k: v if _same(v, params_remote.get(k)) else params_remote.get(k) for k, v in target.params.items()}
+    base.params = {k: v for k, v in base.params.items() if v is not None}
+    base.others = {k: v for k, v in target.others.items() if _same(v, others_remote.get(k))}
+    base.others["Name"] = str(exp.name or others_remote.get("Name") or "")
+    base.tags = [t for t in target.tags if t in tags_remote]
+    points: dict[str, list[dict[str, Any]]] = {}
+    for name in (set(target.history) | set(target.metrics)) & have_metrics:
+        points[name] = list(exp.get_metrics(name) or [])
+    for name, values in target.history.items():
+        steps = {p.get("step") for p in points.get(name, [])}
+        held = 0
+        while held < len(values) and (values[held] is None or held in steps):
+            held += 1
+        base.history[name] = values[:held]
+    for name, value in target.metrics.items():
+        got = points.get(name)
+        if got and _same(value, got[-1].get("metricValue")):
+            base.metrics[name] = value
+    sent = (Snapshot.from_json(state.sent) if state is not None else None) or Snapshot()
+    sizes: dict[str, set[int]] = {}
+    for asset in assets:
+        sizes.setdefault(str(asset.get("fileName")), set()).add(int(asset.get("fileSize") or -1))
+    files = files or {}
+    for name, digest in target.artifacts.items():
+        found = sizes.get(name, set()) | sizes.get(Path(name).stem, set())
+        try:
+            size = Path(files[name]).stat().st_size
+        except (KeyError, OSError):
+            size = None
+        if found and (size is None or size in found or -1 in found) and sent.artifacts.get(name, digest) == digest:
+            base.artifacts[name] = digest
+    return base
 
 
 def pending_runs() -> list[RunState]:
@@ -672,26 +833,34 @@ def sync_pending(run_ids: Iterable[str] | None = None) -> list[SyncOutcome]:
             outcomes.append(SyncOutcome(state.run_id, "failed", reason=f"Comet not reached: {reach.reason}"))
             continue
         try:
-            with _lock(state.run_id):
-                state = RunState.load(state.run_id)
-                if state.pending:
-                    outcome = _upload_pending(tracker, state)
+            local = True
+            try:
+                tracker.get_run(state.run_id)
+            except TrackingError:
+                local = False  # recorded in another store: the archive is all there is
+            if local:
+                outcome = tracker.sync_run(state.run_id, use_memo=False)
+                if outcome.mode == "offline":
+                    outcome = SyncOutcome(state.run_id, "failed", reason=outcome.reason, archive=outcome.archive)
                 else:
-                    outcome = SyncOutcome(state.run_id, "up-to-date", state.experiment_key, state.url)
+                    with _lock(state.run_id):
+                        outcome.deleted_orphans += _delete_orphans(RunState.load(state.run_id))
+            else:
+                with _lock(state.run_id):
+                    state = RunState.load(state.run_id)
+                    if state.pending and state.pending.get("archive"):
+                        outcome = _upload_pending(tracker, state)
+                    elif state.pending:
+                        outcome = SyncOutcome(state.run_id, "failed", reason="no archive and no local record to send")
+                    else:
+                        deleted = _delete_orphans(state)
+                        outcome = SyncOutcome(
+                            state.run_id, "up-to-date", state.experiment_key, state.url, deleted_orphans=deleted
+                        )
         except Exception as exc:  # noqa: BLE001 - report it, keep the archive, go on with the others
             reason = comet_env.redact(f"{type(exc).__name__}: {exc}")
             outcomes.append(SyncOutcome(state.run_id, "failed", reason=reason))
             continue
-        if outcome.mode == "uploaded":
-            try:
-                # Anything logged locally after the archive was written goes now.
-                later = tracker.sync_run(state.run_id, use_memo=False)
-                if later.mode == "online":
-                    outcome.items += later.items
-            except TrackingError:
-                pass  # the run's local record is in another store: the archive was all there is
-            except Exception as exc:  # noqa: BLE001 - the archive is uploaded; the rest goes next time
-                _say(f"run {state.run_id}: later changes not sent yet ({type(exc).__name__}: {exc})")
         outcomes.append(outcome)
     return outcomes
 
@@ -701,7 +870,7 @@ def stray_archives() -> list[Path]:
     folder = comet_env.offline_dir()
     if not folder.is_dir():
         return []
-    known = {Path(s.pending["archive"]).resolve() for s in pending_runs() if s.pending}
+    known = {Path(s.pending["archive"]).resolve() for s in pending_runs() if s.pending and s.pending.get("archive")}
     return [p for p in sorted(folder.glob("*.zip")) if p.resolve() not in known]
 
 
@@ -713,7 +882,7 @@ def upload_archive(path: Path) -> bool:
     ok = bool(
         upload_single_offline_experiment(
             offline_archive_path=str(path),
-            api_key=os.environ.get("COMET_API_KEY", ""),
+            api_key=comet_env.api_key() or "",
             force_upload=False,
             display_level="warning",
         )
