@@ -7,7 +7,10 @@ by reading comet_ml 3.58's ``connection/``, ``api.py``, ``offline.py`` and
 * ``/clientlib/...``: experiment handshake (``logger/add/run``, ``logger/get/run``),
   status reports, parameter/metric batches, tags, file uploads, offline metadata;
 * ``/api/rest/v2/...``: experiment metadata, project listing, metric and "other"
-  summaries, log-other writes, deletion, asset download, the Model Registry.
+  summaries, log-other writes, deletion, asset download, the Model Registry, and
+  the multi-experiment reads: ``project/column-names``, ``project/query``
+  (``API.query``'s predicates) and ``experiments/multi-metric-chart``
+  (``API.get_metrics_for_chart``).
 
 Strict like the real service: an unknown route is 404, a known route with the
 wrong method is 405, a wrong or missing API key is 401 (the handshake answers
@@ -54,6 +57,17 @@ INVALID_VERSION_STRING = 42001
 ALLOWED_STATUSES = ["None", "Development", "Staging", "Production"]
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 EXPERIMENT_KEY = re.compile(r"^[A-Za-z0-9]{32,50}$")
+#: Query sources and rule types as ``comet_ml.query`` writes them.
+QUERY_SOURCES = ("metrics", "params", "metadata", "env_details", "log_other", "tag")
+QUERY_TYPES = ("string", "boolean", "double", "datetime", "timenumber")
+QUERY_OPERATORS = (
+    "equal", "not_equal", "less", "less_or_equal", "greater", "greater_or_equal",
+    "between", "not_between", "contains", "not_contains", "begins_with", "not_begins_with",
+    "ends_with", "not_ends_with", "is_null", "is_not_null", "is_empty", "is_not_empty",
+)
+#: The fake's cap on ``targetedExperiments`` of one multi-metric request. Comet documents
+#: no number; the fake refuses above the page size digitops sends, so losing the paging fails tests.
+MULTI_METRIC_MAX_EXPERIMENTS = 100
 
 
 class HttpError(Exception):
@@ -345,6 +359,20 @@ class FakeComet:
             exp.params.update(params or {})
             return exp
 
+    def add_model_version(
+        self, name: str, version: str, exp: FakeExperiment, *, status: str = "Production", comment: str = ""
+    ) -> ModelItem:
+        """Seed a registered version of ``name`` made from ``exp`` (as if another machine had registered it)."""
+        with self.lock:
+            asset = Asset(uuid.uuid4().hex, "model.keras", b"PK", "model-element", grouping_name=name)
+            exp.assets.append(asset)
+            model = self.models.get(name)
+            if model is None:
+                model = self.models[name] = RegistryModel(uuid.uuid4().hex, name, self.workspace, None)
+            item = ModelItem(uuid.uuid4().hex, version, exp.key, name, status, [], comment, [asset.asset_id])
+            model.items[version] = item
+            return item
+
     # ------------------------------------------------------------------ helpers
     def _new_experiment(self, key: str, workspace: str, project: str, offline: bool) -> FakeExperiment:
         project_id = self.projects.setdefault(project, uuid.uuid4().hex)
@@ -434,6 +462,9 @@ class FakeComet:
             r + "write/experiment/delete": {"GET": self._delete_experiment},
             r + "experiment/metadata": {"GET": self._metadata},
             r + "experiments": {"GET": self._list_experiments},
+            r + "project/column-names": {"GET": self._column_names},
+            r + "project/query": {"POST": self._query_project},
+            r + "experiments/multi-metric-chart": {"POST": self._multi_metric_chart},
             r + "experiment/metrics/summary": {"GET": self._metrics_summary},
             r + "experiment/metrics/get-metric": {"GET": self._get_metric},
             r + "experiment/log-other": {"GET": self._others_summary},
@@ -640,6 +671,171 @@ class FakeComet:
             raise HttpError(404, f"project {workspace}/{project} not found")
         return {"experiments": [e.metadata() for e in self.project_experiments(project)]}
 
+    # --- REST v2 (multi-experiment reads)
+    def _project_of(self, workspace: Any, project: Any) -> list[FakeExperiment]:
+        if not isinstance(workspace, str) or workspace != self.workspace:
+            raise HttpError(400, f"workspace {workspace!r} does not exist")
+        if not isinstance(project, str) or project not in self.projects:
+            raise HttpError(404, f"project {workspace}/{project} not found")
+        return self.project_experiments(project)
+
+    @staticmethod
+    def _columns_of(exp: FakeExperiment) -> dict[tuple[str, str], Any]:
+        """(source, name) -> current value, for every queryable column of ``exp``."""
+        out: dict[tuple[str, str], Any] = {}
+        for name, points in exp.metrics.items():
+            if points:
+                out[("metrics", name)] = points[-1]["metricValue"]
+        out.update({("params", k): v for k, v in exp.params.items()})
+        out.update({("log_other", k): v for k, v in exp.others.items()})
+        out.update({("tag", t): t for t in exp.tags})
+        out[("metadata", "experiment_name")] = exp.name
+        out[("metadata", "start_server_timestamp")] = exp.start_ms
+        return out
+
+    @staticmethod
+    def _qtype(values: list[Any]) -> str:
+        try:
+            [float(v) for v in values]
+        except (TypeError, ValueError):
+            return "string"
+        return "double"
+
+    def _column_names(self, rec: Recorded) -> dict[str, Any]:
+        workspace, project = self._param(rec, "workspaceName", "projectName")
+        seen: dict[tuple[str, str], list[Any]] = {}
+        for exp in self._project_of(workspace, project):
+            for column, value in self._columns_of(exp).items():
+                seen.setdefault(column, []).append(value)
+        columns = []
+        for (source, name), values in sorted(seen.items()):
+            qtype = "string" if source == "tag" else self._qtype(values)
+            if source == "metadata":
+                qtype = "datetime" if name == "start_server_timestamp" else "string"
+            columns.append({"name": name, "source": source, "type": qtype})
+        return {"columns": columns}
+
+    def _rule_matches(self, rule: Any, source: str, columns: dict[tuple[str, str], Any]) -> bool:
+        if not isinstance(rule, dict):
+            raise HttpError(400, "a rule must be a JSON object")
+        if "condition" in rule:  # a nested group
+            return self._group_matches(rule, source, columns)
+        if "source" in rule:
+            source = rule["source"]
+        for key in ("id", "field", "type", "operator", "value"):
+            if key not in rule:
+                raise HttpError(400, f"rule missing {key!r}")
+        if source not in QUERY_SOURCES:
+            raise HttpError(400, f"unknown query source {source!r}")
+        if rule["type"] not in QUERY_TYPES:
+            raise HttpError(400, f"unknown rule type {rule['type']!r}")
+        op, want = rule["operator"], rule["value"]
+        if op not in QUERY_OPERATORS:
+            raise HttpError(400, f"unknown operator {op!r}")
+        have = columns.get((source, str(rule["field"])))
+        if op in ("is_null", "is_not_null"):
+            return (have is None) == (op == "is_null")
+        if op in ("is_empty", "is_not_empty"):
+            return (have == "") == (op == "is_empty")
+        if have is None:
+            return False  # SQL-like: a missing value matches no comparison, not even not_equal
+        if rule["type"] in ("double", "timenumber", "datetime") and op not in ("contains", "not_contains"):
+            try:
+                a: Any = float(have)
+                b: Any = [float(x) for x in want] if op.endswith("between") else float(want)
+            except (TypeError, ValueError):
+                raise HttpError(400, f"value {want!r} is not a number for {rule['field']!r}") from None
+        else:
+            a, b = str(have), want if op.endswith("between") else str(want)
+        checks: dict[str, Callable[[], bool]] = {
+            "equal": lambda: a == b,
+            "not_equal": lambda: a != b,
+            "less": lambda: a < b,
+            "less_or_equal": lambda: a <= b,
+            "greater": lambda: a > b,
+            "greater_or_equal": lambda: a >= b,
+            "between": lambda: b[0] <= a <= b[1],
+            "not_between": lambda: not b[0] <= a <= b[1],
+            "contains": lambda: str(b) in str(a),
+            "not_contains": lambda: str(b) not in str(a),
+            "begins_with": lambda: str(a).startswith(str(b)),
+            "not_begins_with": lambda: not str(a).startswith(str(b)),
+            "ends_with": lambda: str(a).endswith(str(b)),
+            "not_ends_with": lambda: not str(a).endswith(str(b)),
+        }
+        return checks[op]()
+
+    def _group_matches(self, query: Any, source: str, columns: dict[tuple[str, str], Any]) -> bool:
+        if not isinstance(query, dict) or query.get("condition") not in ("AND", "OR"):
+            raise HttpError(400, "a query needs condition AND or OR")
+        rules = query.get("rules")
+        if not isinstance(rules, list) or not rules:
+            raise HttpError(400, "a query needs a non-empty list of rules")
+        results = [self._rule_matches(r, source, columns) for r in rules]
+        return all(results) if query["condition"] == "AND" else any(results)
+
+    def _query_project(self, rec: Recorded) -> dict[str, Any]:
+        body = self._require(rec.body, "workspaceName", "projectName", "predicates", "archived")
+        predicates = body["predicates"]
+        if not isinstance(predicates, list) or not predicates:
+            raise HttpError(400, "predicates must be a non-empty list")
+        if not isinstance(body["archived"], bool):
+            raise HttpError(400, "archived must be a boolean")
+        experiments = self._project_of(body["workspaceName"], body["projectName"])
+        for pred in predicates:
+            self._require(pred, "source", "query")
+            if pred.get("negated"):
+                # What the service does with this flag is not documented: refuse rather than guess.
+                raise HttpError(400, "the fake does not implement negated predicates")
+        keys = []
+        for exp in [] if body["archived"] else experiments:  # the fake archives nothing
+            columns = self._columns_of(exp)
+            if all(self._group_matches(p["query"], p["source"], columns) for p in predicates):
+                keys.append(exp.key)
+        return {"experimentKeys": keys}
+
+    def _multi_metric_chart(self, rec: Recorded) -> dict[str, Any]:
+        body = self._require(rec.body, "targetedExperiments", "metrics", "params", "independentMetrics", "fetchFull")
+        keys, metrics, params = body["targetedExperiments"], body["metrics"], body["params"]
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            raise HttpError(400, "targetedExperiments must be a non-empty list of experiment keys")
+        if len(keys) > MULTI_METRIC_MAX_EXPERIMENTS:
+            raise HttpError(400, f"at most {MULTI_METRIC_MAX_EXPERIMENTS} experiments per request, got {len(keys)}")
+        if not isinstance(metrics, list) or not all(isinstance(m, str) and m for m in metrics):
+            raise HttpError(400, "metrics must be a list of metric names")
+        if params is not None and (not isinstance(params, list) or not all(isinstance(p, str) for p in params)):
+            raise HttpError(400, "params must be null or a list of parameter names")
+        if not metrics and not params:
+            raise HttpError(400, "ask for at least one metric or parameter")
+        if not isinstance(body["independentMetrics"], bool) or not isinstance(body["fetchFull"], bool):
+            raise HttpError(400, "independentMetrics and fetchFull must be booleans")
+        out: dict[str, Any] = {}
+        for key in keys:
+            exp = self._experiment(key, status=400)
+            series = []
+            for name in metrics:
+                points = exp.metrics.get(name) or []
+                if not points:
+                    continue
+                series.append(
+                    {
+                        "metricName": name,
+                        # Strings, as the summaries: callers must parse them.
+                        "values": [str(p["metricValue"]) for p in points],
+                        "steps": [p.get("step") for p in points],
+                        "epochs": [p.get("epoch") for p in points],
+                        "timestamps": [p.get("timestamp") or 0 for p in points],
+                        "durations": [0 for _ in points],
+                    }
+                )
+            out[key] = {
+                "experimentKey": key,
+                "experimentName": exp.name,
+                "metrics": series,
+                "params": None if params is None else {p: exp.params.get(p) for p in params if p in exp.params},
+            }
+        return {"experiments": out, "empty": not any(v["metrics"] for v in out.values())}
+
     def _metrics_summary(self, rec: Recorded) -> dict[str, Any]:
         (key,) = self._param(rec, "experimentKey")
         exp = self._experiment(key, status=404)
@@ -836,6 +1032,9 @@ class FakeComet:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, each keep-alive reply waited for the
+    # client's delayed ACK (about 40 ms a request), a stall no real server adds.
+    disable_nagle_algorithm = True
     server_fake: FakeComet
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output clean

@@ -278,7 +278,8 @@ def test_comparison_reads_the_comet_project_and_keeps_the_exit_codes(fake: FakeC
     assert summary.mean == pytest.approx((0.90 + 0.96 + 0.95) / 3)
     assert summary.best == 0.96 and summary.best_run_id == "older-2" and summary.worst == 0.90
     assert isinstance(summary.mean, float)
-    assert fake.count("experiment/metrics/summary") >= 3
+    # Read in bulk: one multi-metric request for every matching experiment, no per-experiment summary.
+    assert fake.count("experiments/multi-metric-chart") == 1 and fake.count("experiment/metrics/summary") == 0
 
     result = compare("run-cand", tracker=CometTracker(), registry=registry)
     assert result.verdict == "pass" and result.production_version == "0.1.0"
@@ -292,6 +293,141 @@ def test_comparison_reads_the_comet_project_and_keeps_the_exit_codes(fake: FakeC
     assert failed.exit_code == 1, failed.output
     unknown = runner.invoke(cli, ["compare", "no-such-run"])
     assert unknown.exit_code == 2
+
+
+def _seed(fake: FakeComet, first: int, last: int) -> None:
+    """Finished experiments run-<first>..run-<last - 1> on CHECKSUM, as other machines' runs would be."""
+    for i in range(first, last):
+        fake.add_experiment(
+            PROJECT,
+            f"run-{i:03d}",
+            {"test_accuracy": 0.90 + i / 1000, "test_loss": 0.3 - i / 1000},
+            {"digitops_run_id": f"run-{i:03d}", "digitops_status": "finished", "data_checksum": CHECKSUM},
+        )
+
+
+def _candidate() -> None:
+    """The candidate: in the local store (as after `digitops run`) and, under its run id, in Comet."""
+    from digitops.tracking.base import RunRecord
+    from digitops.tracking.comet import CometTracker
+
+    metrics = {"test_accuracy": 0.995, "test_loss": 0.02}
+    CometTracker().import_runs(
+        [RunRecord(run_id="cand", project=PROJECT, name="cand", status="finished", params={}, metrics=metrics,
+                   history={}, data_checksum=CHECKSUM, started_at="2026-01-01T00:00:00+00:00")]
+    )
+
+
+def _compare_requests(fake: FakeComet) -> tuple[Any, int]:
+    from digitops.compare import compare
+    from digitops.registry.comet import CometRegistry
+    from digitops.tracking.comet import CometTracker
+
+    before = len(fake.requests)
+    result = compare("cand", tracker=CometTracker(), registry=CometRegistry(), extra_metrics=("test_loss",))
+    return result, len(fake.requests) - before
+
+
+def test_comparison_cost_grows_with_pages_not_experiments(fake: FakeComet, monkeypatch: pytest.MonkeyPatch) -> None:
+    from digitops.tracking import comet as comet_tracking
+
+    _candidate()
+    fake.add_experiment(PROJECT, "cand", {"test_accuracy": 0.995}, {"digitops_run_id": "cand",
+                        "digitops_status": "finished", "data_checksum": CHECKSUM})
+    _seed(fake, 0, 5)
+    prod = next(e for e in fake.experiments.values() if e.name == "run-002")
+    fake.add_model_version("mnist-digits", "1.0.0", prod, comment=json.dumps({"run_id": "run-002",
+                           "metrics": {"test_accuracy": 0.902}}))
+    _compare_requests(fake)  # the first call also probes the server
+    five, at_5 = _compare_requests(fake)
+    _seed(fake, 5, 50)
+    fifty, at_50 = _compare_requests(fake)
+    assert (five.project_count, fifty.project_count) == (5, 50)  # the candidate itself never counts
+    assert fifty.verdict == "pass" and fifty.production_version == "1.0.0" and fifty.production_value == 0.902
+    assert fifty.project_mean == pytest.approx(sum(0.90 + i / 1000 for i in range(50)) / 50)
+    assert fifty.project_best == pytest.approx(0.949) and fifty.project_best_run_id == "run-049"
+    assert fifty.rows[1].metric == "test_loss" and fifty.rows[1].best_run_id == "run-049"  # lower is better
+    # Per experiment this was 2 requests per experiment and metric (+180 here); now it is per page.
+    assert at_50 == at_5, (at_5, at_50)
+
+    # Paging: 10 experiments a request, two metrics: 50 experiments cost 2 x (5 - 1) more requests than 5.
+    monkeypatch.setattr(comet_tracking, "METRICS_PAGE", 10)
+    paged, at_50_paged = _compare_requests(fake)
+    assert at_50_paged == at_50 + 2 * 4
+    assert paged.project_count == 50 and paged.project_mean == pytest.approx(fifty.project_mean)
+    assert all(r.status == 200 for r in fake.requests), [(r.path, r.status) for r in fake.requests if r.status != 200]
+
+
+def test_comparison_takes_each_experiments_last_logged_value(fake: FakeComet) -> None:
+    from digitops.tracking.comet import CometTracker
+
+    exp = fake.add_experiment(PROJECT, "run-a", {}, {"digitops_status": "finished", "data_checksum": CHECKSUM})
+    # A history: Comet's current value is the last one logged, neither the best nor the first.
+    exp.metrics["val_accuracy"] = [
+        {"metricName": "val_accuracy", "metricValue": 0.91, "step": 0, "timestamp": 1000},
+        {"metricName": "val_accuracy", "metricValue": 0.97, "step": 1, "timestamp": 2000},
+        {"metricName": "val_accuracy", "metricValue": 0.95, "step": 2, "timestamp": 3000},
+    ]
+    fake.add_experiment(PROJECT, "run-b", {"val_accuracy": 0.93}, {"digitops_status": "running",
+                        "data_checksum": CHECKSUM})
+    fake.add_experiment(PROJECT, "run-c", {"val_accuracy": 0.99}, {"digitops_status": "finished",
+                        "data_checksum": "f" * 16})
+    summary = CometTracker().metric_summary("val_accuracy", project=PROJECT, data_checksum=CHECKSUM)
+    assert (summary.count, summary.best, summary.best_run_id) == (1, 0.95, "run-a")
+    assert CometTracker().metric_summary("val_accuracy", project=PROJECT).count == 2  # any dataset
+    assert CometTracker().metric_summary("no_such_metric", project=PROJECT).count == 0
+
+
+@pytest.mark.parametrize(
+    "route", ["api/rest/v2/experiments/multi-metric-chart", "api/rest/v2/project/query", "project/column-names"]
+)
+def test_comparison_refuses_to_judge_when_a_bulk_read_fails(fake: FakeComet, route: str) -> None:
+    from digitops.tracking import TrackingError
+    from digitops.tracking.comet import CometTracker
+
+    _candidate()
+    _seed(fake, 0, 3)
+    fake.fail(route, 500, times=10)  # more than the SDK's retries
+    with pytest.raises(TrackingError, match="Comet project cannot be read"):
+        CometTracker().metric_summary("test_accuracy", project=PROJECT, data_checksum=CHECKSUM)
+    assert fake.injected and all(path.endswith(route) for path, _, _ in fake.injected)
+    comet_env.mark_reachable()
+    result, _ = _compare_requests(fake)
+    assert result.verdict == "unjudged" and "history of project" in (result.unjudged_reason or "")
+
+
+def test_fake_comet_bulk_reads_are_strict(fake: FakeComet) -> None:
+    root, headers = fake.root + "api/rest/v2/", {"Authorization": fake.api_key}
+    _seed(fake, 0, 2)
+    keys = list(fake.experiments)
+    chart = {"targetedExperiments": keys, "metrics": ["test_accuracy"], "params": None,
+             "independentMetrics": True, "fetchFull": True}
+
+    def post(path: str, body: Any) -> requests.Response:
+        return requests.post(root + path, headers=headers, json=body, timeout=5)
+
+    ok = post("experiments/multi-metric-chart", chart)
+    assert ok.status_code == 200 and ok.json()["experiments"][keys[0]]["metrics"][0]["values"] == ["0.9"]
+    assert post("experiments/multi-metric-chart", {**chart, "targetedExperiments": keys * 51}).status_code == 400
+    assert post("experiments/multi-metric-chart", {**chart, "targetedExperiments": []}).status_code == 400
+    assert post("experiments/multi-metric-chart", {**chart, "targetedExperiments": ["0" * 32]}).status_code == 400
+    assert post("experiments/multi-metric-chart", {k: v for k, v in chart.items() if k != "fetchFull"}).status_code == 400
+    rule = {"id": "digitops_status", "field": "digitops_status", "type": "string", "operator": "equal",
+            "value": "finished"}
+    query = {"workspaceName": fake.workspace, "projectName": PROJECT, "archived": False,
+             "predicates": [{"source": "log_other", "query": {"condition": "AND", "rules": [rule], "valid": True}}]}
+    assert sorted(post("project/query", query).json()["experimentKeys"]) == sorted(keys)
+    bad_op = {**query, "predicates": [{"source": "log_other", "query": {"condition": "AND", "valid": True,
+                                                                         "rules": [{**rule, "operator": "is"}]}}]}
+    assert post("project/query", bad_op).status_code == 400
+    assert post("project/query", {**query, "predicates": []}).status_code == 400
+    assert post("project/query", {**query, "projectName": "no-such-project"}).status_code == 404
+    assert requests.get(root + "project/column-names", headers=headers, params={"workspaceName": fake.workspace},
+                        timeout=5).status_code == 400
+    columns = requests.get(root + "project/column-names", headers=headers,
+                           params={"workspaceName": fake.workspace, "projectName": PROJECT}, timeout=5).json()
+    assert {"name": "test_accuracy", "source": "metrics", "type": "double"} in columns["columns"]
+    assert {"name": "digitops_status", "source": "log_other", "type": "string"} in columns["columns"]
 
 
 @pytest.mark.slow
