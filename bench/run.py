@@ -5,7 +5,7 @@ Sections (each module has run() -> dict and table(dict) -> str):
   training   images/s per architecture; time to 99.0/99.3/99.5 % validation accuracy (full profile)
   pipeline   MR feedback latency: the CI profile's train + evaluate + compare + report
   dashboard  server-side inference latency, page-to-canvas, Predict round trip
-  compare    compare/list with 10 .. 10,000 stored runs
+  compare    compare/list with 10 .. 10,000 stored runs; compare against 1,000 Comet experiments
 
     python bench/run.py [--only notebook,compare] [--quick]
 """
@@ -43,7 +43,7 @@ def _run_section(name: str, quick: bool) -> tuple[dict, str]:
     if quick and name == "dashboard":
         kwargs = {"inference_n": 50, "clicks": 5, "loads": 1}
     if quick and name == "compare":
-        kwargs = {"sizes": (10, 100, 1000), "repeats": 3}
+        kwargs = {"sizes": (10, 100, 1000), "repeats": 3, "comet_experiments": 100}
     result = mod.run(**kwargs)
     return result, mod.table(result)
 
