@@ -372,28 +372,56 @@ def test_comparison_takes_each_experiments_last_logged_value(fake: FakeComet) ->
                         "data_checksum": CHECKSUM})
     fake.add_experiment(PROJECT, "run-c", {"val_accuracy": 0.99}, {"digitops_status": "finished",
                         "data_checksum": "f" * 16})
-    summary = CometTracker().metric_summary("val_accuracy", project=PROJECT, data_checksum=CHECKSUM)
+    # Renamed in Comet's UI: still recognised as the excluded run by its digitops_run_id.
+    fake.add_experiment(PROJECT, "renamed", {"val_accuracy": 0.999}, {"digitops_status": "finished",
+                        "data_checksum": CHECKSUM, "digitops_run_id": "cand"})
+    summary = CometTracker().metric_summary("val_accuracy", project=PROJECT, data_checksum=CHECKSUM, exclude=["cand"])
     assert (summary.count, summary.best, summary.best_run_id) == (1, 0.95, "run-a")
-    assert CometTracker().metric_summary("val_accuracy", project=PROJECT).count == 2  # any dataset
+    assert CometTracker().metric_summary("val_accuracy", project=PROJECT).count == 3  # any dataset, no exclusion
     assert CometTracker().metric_summary("no_such_metric", project=PROJECT).count == 0
 
 
 @pytest.mark.parametrize(
-    "route", ["api/rest/v2/experiments/multi-metric-chart", "api/rest/v2/project/query", "project/column-names"]
+    "route,status",
+    [
+        ("api/rest/v2/experiments/multi-metric-chart", 500),
+        ("api/rest/v2/experiments/multi-metric-chart", 429),
+        ("api/rest/v2/project/query", 503),
+        ("project/column-names", 500),
+    ],
 )
-def test_comparison_refuses_to_judge_when_a_bulk_read_fails(fake: FakeComet, route: str) -> None:
+def test_comparison_refuses_to_judge_when_a_bulk_read_fails(fake: FakeComet, route: str, status: int) -> None:
     from digitops.tracking import TrackingError
     from digitops.tracking.comet import CometTracker
 
     _candidate()
     _seed(fake, 0, 3)
-    fake.fail(route, 500, times=10)  # more than the SDK's retries
+    fake.fail(route, status, times=10)  # more than the SDK's retries
     with pytest.raises(TrackingError, match="Comet project cannot be read"):
         CometTracker().metric_summary("test_accuracy", project=PROJECT, data_checksum=CHECKSUM)
     assert fake.injected and all(path.endswith(route) for path, _, _ in fake.injected)
     comet_env.mark_reachable()
     result, _ = _compare_requests(fake)
     assert result.verdict == "unjudged" and "history of project" in (result.unjudged_reason or "")
+
+
+def test_comparison_refuses_to_judge_when_the_server_drops_between_the_query_and_the_metrics(
+    fake: FakeComet,
+) -> None:
+    from digitops.tracking import TrackingError
+    from digitops.tracking.comet import CometTracker
+
+    _seed(fake, 0, 250)  # three pages of metrics
+    CometTracker().metric_summary("test_accuracy", project=PROJECT)  # probe, SDK import
+    start = len(fake.requests)
+    CometTracker().metric_summary("test_accuracy", project=PROJECT)
+    calls = fake.paths()[start:]
+    assert [p.rsplit("/", 2)[-2:] for p in calls][-3:] == [["experiments", "multi-metric-chart"]] * 3
+    fake.drop_after = len(fake.requests) + len(calls) - 2  # every request up to the first page; the second is dropped
+    with pytest.raises(TrackingError, match="Comet project cannot be read") as raised:
+        CometTracker().metric_summary("test_accuracy", project=PROJECT)
+    assert fake.paths()[-len(calls) + 2 :] == calls[:-2]
+    assert "Connection" in str(raised.value), raised.value
 
 
 def test_fake_comet_bulk_reads_are_strict(fake: FakeComet) -> None:
