@@ -689,9 +689,7 @@ class FakeComet:
         out.update({("params", k): v for k, v in exp.params.items()})
         out.update({("log_other", k): v for k, v in exp.others.items()})
         out.update({("tag", t): t for t in exp.tags})
-        out[("metadata", "experiment_name")] = exp.name
-        out[("metadata", "start_server_timestamp")] = exp.start_ms
-        return out
+        return out  # no metadata or env_details columns: a query on them matches nothing here
 
     @staticmethod
     def _qtype(values: list[Any]) -> str:
@@ -710,8 +708,6 @@ class FakeComet:
         columns = []
         for (source, name), values in sorted(seen.items()):
             qtype = "string" if source == "tag" else self._qtype(values)
-            if source == "metadata":
-                qtype = "datetime" if name == "start_server_timestamp" else "string"
             columns.append({"name": name, "source": source, "type": qtype})
         return {"columns": columns}
 
@@ -739,7 +735,7 @@ class FakeComet:
             return (have == "") == (op == "is_empty")
         if have is None:
             return False  # SQL-like: a missing value matches no comparison, not even not_equal
-        if rule["type"] in ("double", "timenumber", "datetime") and op not in ("contains", "not_contains"):
+        if rule["type"] in ("double", "timenumber") and op not in ("contains", "not_contains"):
             try:
                 a: Any = float(have)
                 b: Any = [float(x) for x in want] if op.endswith("between") else float(want)
