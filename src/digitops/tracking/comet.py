@@ -682,6 +682,8 @@ def _current_values(api: Any, keys: list[str], metric: str) -> dict[str, float]:
         if not isinstance(experiments, dict):
             raise TrackingError(f"Comet answered the metrics of {len(page)} experiments with {reply!r:.200}")
         for key, data in experiments.items():
+            if key not in page:
+                continue  # never an experiment that was not asked for
             for series in (data or {}).get("metrics") or []:
                 values = series.get("values") or []
                 if series.get("metricName") != metric or not values:
