@@ -161,14 +161,14 @@ class SqliteRegistry(Registry):
         try:
             return _sqlite.connect(self.db_path)
         except sqlite3.Error as exc:
-            raise RegistryError(f"cannot open the registry database {self.db_path}: {exc}") from exc
+            raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
         with closing(self._connect()) as con:
             try:
                 return con.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
-                raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
 
     # -- register -----------------------------------------------------------------
 
@@ -259,7 +259,7 @@ class SqliteRegistry(Registry):
                         dest.parent.mkdir(parents=True, exist_ok=True)
                         os.replace(tmp, dest)
                 except sqlite3.Error as exc:
-                    raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+                    raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
         finally:
             tmp.unlink(missing_ok=True)
         return self.get_version(name, version)
@@ -350,7 +350,7 @@ class SqliteRegistry(Registry):
             except LookupError:
                 return self.get_version(name, version)  # raises, naming the known versions
             except sqlite3.Error as exc:
-                raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
         return self.get_version(name, version)
 
     def rollback(self, name: str) -> ModelVersion:
@@ -396,7 +396,7 @@ class SqliteRegistry(Registry):
                         (name, target, current, _sqlite.utc_now(), current_user()),
                     )
             except sqlite3.Error as exc:
-                raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
         return self.get_version(name, target)
 
     # -- download -----------------------------------------------------------------

@@ -161,7 +161,7 @@ class SqliteTracker(Tracker):
         try:
             return _sqlite.connect(self.db_path)
         except sqlite3.Error as exc:
-            raise TrackingError(f"cannot open the tracking database {self.db_path}: {exc}") from exc
+            raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
 
     def _write(self, run_id: str, fn: Any) -> Any:
         """Run ``fn(con)`` in a write transaction after checking ``run_id`` exists."""
@@ -172,7 +172,7 @@ class SqliteTracker(Tracker):
                         raise TrackingError(f"unknown run {run_id!r} in {self.db_path}")
                     return fn(con)
             except sqlite3.Error as exc:
-                raise TrackingError(f"tracking database {self.db_path}: {exc}") from exc
+                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
 
     # -- writes -------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class SqliteTracker(Tracker):
                     self._put_params(con, run_id, params or {})
                     self._put_tags(con, run_id, tags or {})
             except sqlite3.Error as exc:
-                raise TrackingError(f"tracking database {self.db_path}: {exc}") from exc
+                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
         return self.get_run(run_id)
 
     @staticmethod
@@ -381,7 +381,7 @@ class SqliteTracker(Tracker):
             except sqlite3.IntegrityError as exc:
                 raise TrackingError(f"cannot import runs into {self.db_path}: {exc}") from exc
             except sqlite3.Error as exc:
-                raise TrackingError(f"tracking database {self.db_path}: {exc}") from exc
+                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
         return len(records)
 
     # -- reads --------------------------------------------------------------------
@@ -435,7 +435,7 @@ class SqliteTracker(Tracker):
                 finally:
                     con.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise TrackingError(f"tracking database {self.db_path}: {exc}") from exc
+                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
 
     def get_run(self, run_id: str) -> RunRecord:
         """The run, or :class:`TrackingError` when unknown."""
@@ -487,7 +487,7 @@ class SqliteTracker(Tracker):
             try:
                 row = con.execute(sql, args).fetchone()
             except sqlite3.Error as exc:
-                raise TrackingError(f"tracking database {self.db_path}: {exc}") from exc
+                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
         n = int(row["n"])
         if n == 0:
             return MetricSummary(metric=metric, count=0, mean=None, best=None, best_run_id=None, worst=None)
