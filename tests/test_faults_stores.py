@@ -20,12 +20,14 @@ case | fault                                              | test
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -107,3 +109,163 @@ def test_many_processes_create_and_write_fresh_stores(tmp_path: Path) -> None:
         t = SqliteTracker(home / "tracking.db", home / "artifacts")
         assert len(t.list_runs()) == procs_per_round and t.integrity_check() == "ok"
         assert len(SqliteRegistry(home / "registry.db", home / "models").list_versions("m")) == procs_per_round
+
+
+# ------------------------------------------------------------------ case 8: runs always end
+
+_TRAIN = ["run", "train", "-p", "architecture", "mlp", "-p", "limit", "300", "-p", "epochs", "400"]
+
+
+def _status(workdir: Path, run_id: str) -> str | None:
+    db = workdir / ".digitops" / "tracking.db"
+    if not db.is_file():
+        return None
+    import sqlite3
+
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        row = con.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    except sqlite3.OperationalError:
+        return None  # still being created
+    finally:
+        con.close()
+    return row[0] if row else None
+
+
+def _start_training(workdir: Path, run_id: str) -> subprocess.Popen:
+    """`digitops run train` in its own process group, returned once its kernel is training."""
+    proc = subprocess.Popen([*DIGITOPS, *_TRAIN, "--run-id", run_id], cwd=workdir, env=_env(workdir),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for(lambda: _status(workdir, run_id) == "running", "the run to be recorded running", proc=proc)
+    # The kernel opened the run (the notebook's first cells ran): the signal lands mid-notebook.
+    metrics = workdir / "runs" / run_id / "metrics.json"
+    _wait_for(lambda: metrics.is_file() and "params" in metrics.read_text(), "the kernel to open the run",
+              proc=proc)
+    return proc
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_run_failed(workdir: Path) -> None:
+    import signal
+
+    proc = _start_training(workdir, "term")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert _status(workdir, "term") == "failed"
+    assert "interrupted (SIGTERM): run term marked failed" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_failed_prints_one_line_and_writes_html(workdir: Path) -> None:
+    import signal
+
+    proc = _start_training(workdir, "ctrlc")
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert _status(workdir, "ctrlc") == "failed"
+    assert "Traceback" not in err and "zmq" not in err, err
+    assert "interrupted (SIGINT): run ctrlc marked failed" in err
+    html = workdir / "runs" / "ctrlc" / "train.html"
+    assert html.is_file() and "jp-OutputArea-output" in html.read_text()  # with the output of what ran
+
+
+@pytest.mark.slow
+def test_sigkill_then_runs_list_marks_abandoned(workdir: Path) -> None:
+    import signal
+
+    proc = _start_training(workdir, "killed")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=120)
+    assert _status(workdir, "killed") == "running"  # nothing in the process could react
+    listed = subprocess.run([*DIGITOPS, "runs", "list"], cwd=workdir, env=_env(workdir),
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "run killed was still marked running but its process is gone: marked abandoned" in listed.stderr
+    assert _status(workdir, "killed") == "abandoned"
+    assert "abandoned" in listed.stdout
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size: str = "1m") -> Iterator[Callable[[], None] | None]:
+    """A real 1 MB filesystem at ``folder`` (tmpfs, when we may mount), else a 1 MB file-size limit.
+
+    Yields the ``preexec_fn`` a subprocess needs (None with tmpfs): both make the
+    kernel's writes fail half-way as a full disk does (ENOSPC, or EFBIG).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    ).returncode == 0
+    try:
+        if mounted:
+            yield None
+        else:
+            import resource
+
+            yield lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_full_disk_leaves_no_truncated_model(workdir: Path) -> None:
+    runs = workdir / "runs"
+    with _small_disk(runs) as limit:
+        proc = subprocess.run([*DIGITOPS, "run", "train", "-p", "architecture", "mlp", "-p", "limit", "300",
+                               "-p", "epochs", "1", "--run-id", "full"], cwd=workdir, env=_env(workdir),
+                              capture_output=True, text=True, timeout=600, preexec_fn=limit)
+        left = sorted(p.name for p in (runs / "full").iterdir())
+    assert proc.returncode == 1, proc.stderr
+    assert "train notebook failed at" in proc.stderr
+    assert _status(workdir, "full") == "failed"
+    assert "model.keras" not in left and not [n for n in left if "partial" in n], left
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has this pid (until the kernel reuses it, much later)
+
+
+def test_running_run_of_another_host_is_left_alone(workdir: Path) -> None:
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from digitops.cli import cli
+
+    tracker = SqliteTracker()
+    for run_id in ("here", "elsewhere", "alive"):
+        tracker.start_run(run_id)
+    con = sqlite3.connect(tracker.db_path)
+    with con:
+        con.execute("UPDATE runs SET pid = ? WHERE run_id IN ('here', 'elsewhere')", (_dead_pid(),))
+        con.execute("UPDATE runs SET host = 'another-machine' WHERE run_id = 'elsewhere'")
+    con.close()
+    result = CliRunner().invoke(cli, ["runs", "list"])
+    assert result.exit_code == 0, result.output
+    statuses = {r.run_id: r.status for r in tracker.list_runs()}
+    # A pid means nothing on another machine; this process (the owner of "alive") still runs.
+    assert statuses == {"here": "abandoned", "elsewhere": "running", "alive": "running"}
+
+
+def test_runs_mark_failed(workdir: Path) -> None:
+    from click.testing import CliRunner
+
+    from digitops.cli import cli
+
+    tracker = SqliteTracker()
+    tracker.start_run("stuck")
+    tracker.start_run("done")
+    tracker.end_run("done")
+    result = CliRunner().invoke(cli, ["runs", "mark-failed", "stuck"])
+    assert result.exit_code == 0, result.output
+    assert "run stuck: running -> failed" in result.output
+    assert tracker.get_run("stuck").status == "failed"
+    refused = CliRunner().invoke(cli, ["runs", "mark-failed", "done"])
+    assert refused.exit_code == 1 and "run done is finished" in refused.output
+    assert tracker.get_run("done").status == "finished"

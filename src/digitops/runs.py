@@ -164,6 +164,49 @@ class RunContext:
         self.tracker.end_run(self.run_id, "finished")
 
 
+def reap_abandoned(tracker: Any) -> list[str]:
+    """Mark ``abandoned`` this host's running runs whose process is gone; returns their ids.
+
+    Commands that read runs call this first, so a run killed with SIGKILL (or
+    lost with its machine) stops counting as running.
+    """
+    mark = getattr(tracker, "mark_abandoned", None)
+    if mark is None:
+        return []
+    gone = mark()
+    for run_id in gone:
+        _set_open_stages(run_id, "abandoned")
+    return gone
+
+
+def mark_failed(tracker: Any, run_id: str) -> str:
+    """Close a ``running`` or ``abandoned`` run as ``failed``; returns the status it had.
+
+    Raises ``ValueError`` for a run that already finished or failed.
+    """
+    from digitops.tracking import ABANDONED, FAILED, RUNNING
+
+    status = tracker.get_run(run_id).status
+    if status not in (RUNNING, ABANDONED):
+        raise ValueError(f"run {run_id} is {status}, not running or abandoned; nothing to mark")
+    tracker.end_run(run_id, FAILED)
+    _set_open_stages(run_id, FAILED)
+    return status
+
+
+def _set_open_stages(run_id: str, status: str) -> None:
+    # The run folder's metrics.json says which stages were still running; best effort (the
+    # tracker holds the authoritative status, and the folder may live elsewhere or be gone).
+    try:
+        folder = run_dir(run_id)
+        stages = read_metrics(folder).get("stages") or {}
+        open_stages = {k: status for k, v in stages.items() if v == "running"}
+        if open_stages:
+            update_metrics(folder, stages=open_stages)
+    except (OSError, ValueError):
+        pass
+
+
 def resolve_model(run_id: str = "", model_path: str = "", output_dir: str = "") -> tuple[str, Path, Path]:
     """Which run and model file an evaluation is about: ``(run_id, run_folder, model_file)``.
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from digitops.cli.run import collect_parameters, param_options
-from digitops.cli.tracking import _gate, gate_options
+from digitops.cli.run import collect_parameters, param_options, stopped
+from digitops.cli.tracking import _gate, _tracker, gate_options, reap
 
 EXIT_GATE_FAILED, EXIT_ERROR, EXIT_NOTEBOOK_FAILED = 1, 2, 3
 
@@ -43,6 +43,7 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
         os.environ["DIGITOPS_MODEL_NAME"] = model_name
     parameters = collect_parameters(profile, files, pairs)
     gate = _gate(floor, tolerance, lower_is_better)
+    reap(_tracker())
     try:
         result = run_pipeline(
             parameters, gate=gate, metric=metric, register=not no_register, promote=promote,
@@ -52,6 +53,8 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
         raise click.UsageError(str(exc)) from exc
     except runner.StageFailed as exc:
         res = exc.result
+        if res.interrupted:
+            stopped(res.stage, res)
         click.secho(f"{res.stage} notebook failed at {res.error}", fg="red", err=True)
         click.echo(f"  HTML (shows the failing cell): {res.html}", err=True)
         raise SystemExit(EXIT_NOTEBOOK_FAILED) from exc

@@ -124,6 +124,15 @@ def write_dotenv(path: Path, run_id: str, stage: str) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
+def stopped(stage: str, res: Any) -> None:
+    """One line for a run stopped by a signal, then exit 128 + the signal number."""
+    import signal
+
+    html = f"; HTML of what ran: {res.html}" if res.html else ""
+    click.secho(f"{stage} interrupted ({res.interrupted}): run {res.run_id} marked failed{html}", fg="red", err=True)
+    raise SystemExit(128 + int(signal.Signals[res.interrupted]))
+
+
 def execute_stage(stage: str, parameters: dict[str, Any], run_id: str | None, **kwargs: Any) -> Any:
     """Run one stage for the CLI: parameter errors exit 2, a failed notebook exits 1."""
     from digitops import runner
@@ -134,6 +143,8 @@ def execute_stage(stage: str, parameters: dict[str, Any], run_id: str | None, **
         raise click.UsageError(str(exc)) from exc
     except runner.StageFailed as exc:
         res = exc.result
+        if res.interrupted:
+            stopped(stage, res)
         click.secho(f"{stage} notebook failed at {res.error}", fg="red", err=True)
         click.echo(f"  executed notebook: {res.notebook}", err=True)
         if res.html:
