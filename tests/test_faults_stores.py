@@ -27,7 +27,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -269,3 +269,129 @@ def test_runs_mark_failed(workdir: Path) -> None:
     refused = CliRunner().invoke(cli, ["runs", "mark-failed", "done"])
     assert refused.exit_code == 1 and "run done is finished" in refused.output
     assert tracker.get_run("done").status == "finished"
+
+
+# ------------------------------------------------------------------ case 10: damaged stores
+
+
+def _cli(*args: str) -> Any:
+    from click.testing import CliRunner
+
+    from digitops.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def _one_clean_line(result: Any) -> str:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a clean exit, not a crash
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def _write_run_folder(workdir: Path, run_id: str, accuracy: float) -> None:
+    folder = workdir / "runs" / run_id
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(
+        '{"run_id": "%s", "project": "digitops", "params": {"epochs": 1}, "metrics": {"test_accuracy": %s},'
+        ' "stages": {"train": "finished", "evaluate": "finished"}}' % (run_id, accuracy)
+    )
+
+
+def test_empty_database_is_refused_naming_doctor(workdir: Path) -> None:
+    home = workdir / ".digitops"
+    home.mkdir()
+    (home / "tracking.db").write_bytes(b"")  # what a full disk or a truncating copy leaves
+    _write_run_folder(workdir, "r1", 0.97)
+    line = _one_clean_line(_cli("runs", "list"))
+    assert "is empty (0 bytes)" in line and "digitops doctor --repair" in line
+    assert (home / "tracking.db").stat().st_size == 0  # refused, not silently made a new store
+
+    assert _cli("doctor").exit_code == 1
+    repaired = _cli("doctor", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert "1 run(s) re-read" in repaired.output
+    assert list(home.glob("tracking.db.corrupt-*"))
+    run = SqliteTracker().get_run("r1")
+    assert run.metrics == {"test_accuracy": 0.97} and run.status == "finished"
+
+
+def test_malformed_database_names_doctor(workdir: Path) -> None:
+    tracker = SqliteTracker()
+    for i in range(40):
+        tracker.start_run(f"run-{i}", params={"epochs": i, "note": "x" * 200})
+        tracker.end_run(f"run-{i}")
+    db = workdir / ".digitops" / "tracking.db"
+    raw = bytearray(db.read_bytes())
+    page = 4096
+    raw[page:2 * page] = b"\xa5" * page  # page 2, a b-tree page, overwritten
+    db.write_bytes(bytes(raw))
+    line = _one_clean_line(_cli("runs", "list"))
+    assert "is damaged" in line and "digitops doctor" in line, line
+
+    checked = _cli("doctor")
+    assert checked.exit_code == 1 and "PROBLEM  tracking" in checked.output
+    repaired = _cli("doctor", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert list(db.parent.glob("tracking.db.corrupt-*"))
+    assert _cli("runs", "list").exit_code == 0
+
+
+def _runs_with_models(workdir: Path, *run_ids: str) -> None:
+    from store_helpers import add_run, keras_model_file
+
+    tracker = SqliteTracker()
+    for run_id in run_ids:
+        add_run(tracker, run_id, {"test_accuracy": 0.95})
+        keras_model_file(workdir / "runs" / run_id / "model.keras")
+
+
+def test_register_never_overwrites_a_model_file(workdir: Path) -> None:
+    _runs_with_models(workdir, "first", "second")
+    # Different bytes for the second model, so an overwrite would show.
+    second = workdir / "runs" / "second" / "model.keras"
+    import zipfile
+
+    with zipfile.ZipFile(second, "a") as z:
+        z.writestr("extra.txt", "second")
+    assert _cli("registry", "register", "first", "--status", "production").exit_code == 0
+    stored = workdir / ".digitops" / "models" / "mnist-digits" / "0.1.0" / "model.keras"
+    before = stored.read_bytes()
+    for suffix in ("", "-wal", "-shm"):  # the index is lost, the model files remain
+        (workdir / ".digitops" / f"registry.db{suffix}").unlink(missing_ok=True)
+
+    line = _one_clean_line(_cli("registry", "register", "second"))
+    assert "digitops doctor --rebuild-registry" in line, line
+    assert stored.read_bytes() == before
+    assert not (workdir / ".digitops" / "registry.db").exists()
+    # With a stale index that lacks 0.1.0, the file is still never replaced.
+    SqliteRegistry(adopt_models=True)
+    line = _one_clean_line(_cli("registry", "register", "second"))
+    assert "already exists" in line and "nothing was overwritten" in line
+    assert stored.read_bytes() == before
+
+
+def test_doctor_rebuilds_registry_from_models(workdir: Path) -> None:
+    _runs_with_models(workdir, "a", "b")
+    assert _cli("registry", "register", "a", "--status", "production").exit_code == 0
+    assert _cli("registry", "register", "b", "--status", "production").exit_code == 0
+    db = workdir / ".digitops" / "registry.db"
+    db.write_bytes(b"garbage, not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (workdir / ".digitops" / f"registry.db{suffix}").unlink(missing_ok=True)
+    line = _one_clean_line(_cli("registry", "list"))
+    assert "digitops doctor" in line, line
+
+    repaired = _cli("doctor", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert "registry rebuilt" in repaired.output and "2 version(s)" in repaired.output
+    assert list(db.parent.glob("registry.db.corrupt-*"))
+    reg = SqliteRegistry()
+    assert [(v.version, v.status, v.run_id) for v in reg.list_versions("mnist-digits")] == [
+        ("0.1.0", "archived", "a"), ("0.2.0", "production", "b")]
+    assert [h["action"] for h in reg.history("mnist-digits")] == ["promote", "promote"]
+    reg.rollback("mnist-digits")  # the promotion history came back too
+    assert reg.get_by_status("mnist-digits").version == "0.1.0"
+    assert _cli("registry", "register", "a").exit_code == 0
+    assert reg.list_versions("mnist-digits")[-1].version == "0.3.0"

@@ -36,7 +36,7 @@ def cli(offline: bool) -> None:
 
 
 #: Modules under digitops.cli, one per area, each exposing ``COMMANDS``.
-COMMAND_MODULES = ("run", "pipeline", "tracking", "registry", "publish", "comet", "dashboard")
+COMMAND_MODULES = ("run", "pipeline", "tracking", "registry", "publish", "comet", "dashboard", "doctor")
 
 
 def _add_commands() -> None:
