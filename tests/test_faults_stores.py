@@ -395,3 +395,34 @@ def test_doctor_rebuilds_registry_from_models(workdir: Path) -> None:
     assert reg.get_by_status("mnist-digits").version == "0.1.0"
     assert _cli("registry", "register", "a").exit_code == 0
     assert reg.list_versions("mnist-digits")[-1].version == "0.3.0"
+
+
+# ------------------------------------------------------------------ case 11: the .npy cache
+
+
+def test_flipped_bit_in_npy_cache_is_detected(tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from digitops import data
+
+    source, cache = data.default_cache_dir(), tmp_path / "cache"
+    cache.mkdir()
+    for spec in data.FILES.values():
+        shutil.copyfile(source / spec.name, cache / spec.name)
+    env = _env(tmp_path)
+    fetch = [*DIGITOPS, "data", "fetch", "--cache", str(cache), "--no-npm", "--no-keras"]
+    first = subprocess.run(fetch, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    npy = cache / "npy" / "train_images.npy"
+    raw = bytearray(npy.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit of one pixel
+    npy.write_bytes(bytes(raw))
+
+    second = subprocess.run(fetch, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert f"warning: the cached array {npy} does not match the SHA256" in second.stderr
+    assert "re-deriving it from the verified IDX files" in second.stderr
+    idx = data.parse_idx((cache / data.FILES["train_images"].name).read_bytes(), data.FILES["train_images"].shape)
+    assert np.array_equal(data.load(cache).x_train, idx)  # the cache was rewritten from the IDX file

