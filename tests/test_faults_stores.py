@@ -426,3 +426,70 @@ def test_flipped_bit_in_npy_cache_is_detected(tmp_path: Path) -> None:
     assert "re-deriving it from the verified IDX files" in second.stderr
     idx = data.parse_idx((cache / data.FILES["train_images"].name).read_bytes(), data.FILES["train_images"].shape)
     assert np.array_equal(data.load(cache).x_train, idx)  # the cache was rewritten from the IDX file
+
+
+# ------------------------------------------------------------------ case 12: hostile input, unusable folders
+
+
+def _one_line_error(workdir: Path, *args: str, code: int = 1, **env: str) -> str:
+    proc = subprocess.run([*DIGITOPS, *args], cwd=workdir, env=_env(workdir, **env), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_invalid_run_id_is_one_line(workdir: Path) -> None:
+    line = _one_line_error(workdir, "run", "train", "--run-id", "../evil", code=2)
+    assert "invalid run id '../evil'" in line
+    line = _one_line_error(workdir, "run", "evaluate", "../evil", code=2)
+    assert "invalid run id '../evil'" in line
+    assert not (workdir / "evil").exists() and not (workdir / "runs").exists()
+
+
+@contextlib.contextmanager
+def _read_only_folder(folder: Path) -> Iterator[None]:
+    """A read-only folder that binds root too (a read-only tmpfs), else one without write permission."""
+    folder.mkdir(parents=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True
+    ).returncode == 0
+    if not mounted:
+        folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+def test_unwritable_store_folder_is_one_line(workdir: Path) -> None:
+    (workdir / "afile").write_text("in the way")
+    afile = str(workdir / "afile")
+    # A file where a folder is expected: the stores' home, the runs folder.
+    line = _one_line_error(workdir, "runs", "list", DIGITOPS_HOME=afile)
+    assert f"{afile} is a file where a folder is expected; move it aside" in line
+    line = _one_line_error(workdir, "registry", "list", DIGITOPS_HOME=afile)
+    assert "registry database" in line and "move it aside" in line
+    line = _one_line_error(workdir, "run", "train", "-p", "limit", "100", DIGITOPS_RUNS=afile)
+    assert f"cannot use {afile}/" in line and "a file is where a folder is expected" in line
+    # Read-only folders.
+    ro = workdir / "ro"
+    with _read_only_folder(ro):
+        line = _one_line_error(workdir, "runs", "list", DIGITOPS_HOME=str(ro / "home"))
+        assert "cannot create the tracking database" in line
+        line = _one_line_error(workdir, "run", "train", "-p", "limit", "100", DIGITOPS_RUNS=str(ro / "runs"))
+        assert f"cannot use {ro}/runs" in line and "writable folder" in line
+        line = _one_line_error(workdir, "data", "fetch", "--from", str(_mnist_dir()), "--cache", str(ro / "c"),
+                               "--no-npm", "--no-keras")
+        assert f"cannot use {ro}/c" in line
+
+
+def _mnist_dir() -> Path:
+    from digitops import data
+
+    return data.default_cache_dir()

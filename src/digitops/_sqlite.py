@@ -249,6 +249,9 @@ def init_db(
         raise error(f"the {what} database {path}: timed out waiting for {exc.lock_file}") from exc
     except sqlite3.DatabaseError as exc:
         raise error(problem(what, path, exc)) from exc
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise error(f"cannot create the {what} database {path}: {exc.filename or path.parent} is a file "
+                    f"where a folder is expected; move it aside") from exc
     except OSError as exc:
         raise error(f"cannot create the {what} database {path}: {exc.strerror or exc}; "
                     f"check that {path.parent} is a writable folder") from exc

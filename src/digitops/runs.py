@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import subprocess
 from dataclasses import dataclass, field
@@ -19,6 +20,17 @@ from typing import Any
 from digitops import config
 
 METRICS_FILE = "metrics.json"
+#: a run id names a folder and appears in URLs: letters, digits, '.', '_', '-', not starting with '.'
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` unchanged, or ``ValueError`` naming the rule it breaks."""
+    if not RUN_ID_RE.match(run_id or ""):
+        raise ValueError(
+            f"invalid run id {run_id!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return run_id
 
 
 def new_run_id() -> str:
@@ -28,8 +40,7 @@ def new_run_id() -> str:
 
 def run_dir(run_id: str, root: str | os.PathLike | None = None) -> Path:
     """Folder of ``run_id`` under the runs root."""
-    if not run_id or "/" in run_id or run_id.startswith("."):
-        raise ValueError(f"invalid run id {run_id!r}")
+    check_run_id(run_id)
     return (Path(root) if root else config.runs_dir()) / run_id
 
 

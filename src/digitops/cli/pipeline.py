@@ -38,6 +38,8 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
 
     from digitops import params as params_mod, runner
     from digitops.pipeline import run_pipeline
+    from digitops.registry import RegistryError
+    from digitops.tracking import TrackingError
 
     if model_name:
         os.environ["DIGITOPS_MODEL_NAME"] = model_name
@@ -51,6 +53,8 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
         )
     except params_mod.ParameterError as exc:
         raise click.UsageError(str(exc)) from exc
+    except (TrackingError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from exc
     except runner.StageFailed as exc:
         res = exc.result
         if res.interrupted:
