@@ -28,8 +28,8 @@ STAGES = ("train", "evaluate")
 RESERVED = ("run_id", "output_dir")
 
 
-class Interrupted(BaseException):
-    """SIGTERM or SIGHUP arrived (Ctrl-C raises KeyboardInterrupt); like it, not an ``Exception``."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived. A KeyboardInterrupt, so asyncio (inside papermill) re-raises it too."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -54,6 +54,10 @@ def _kill_children() -> None:
                 os.kill(int(stat.parent.name), signal.SIGKILL)
 
 
+#: signals received while a notebook ran (see signals_raise)
+_received: list[int] = []
+
+
 @contextlib.contextmanager
 def signals_raise() -> Iterator[None]:
     """Within: Ctrl-C raises KeyboardInterrupt, SIGTERM/SIGHUP :class:`Interrupted`, after the kernel is stopped."""
@@ -62,6 +66,9 @@ def signals_raise() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
+        # Remembered as well as raised: a library may swallow the exception (then the dead
+        # kernel ends the execution), and the run must still say which signal stopped it.
+        _received.append(signum)
         _kill_children()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -219,6 +226,7 @@ def execute(
         project=config.project_name(),
     )
     started = time.perf_counter()
+    _received.clear()
     error = failed_cell = interrupted = None
     html = None
     status = "failed"
@@ -240,12 +248,15 @@ def execute(
             failed_cell = exc.exec_count
             first_line = next((ln for ln in (exc.source or "").splitlines() if ln.strip()), "").strip()
             error = f"cell In [{exc.exec_count}] `{first_line[:80]}`: {exc.ename}: {exc.evalue}"
-        except (KeyboardInterrupt, Interrupted) as exc:
-            interrupted = "SIGINT" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        except KeyboardInterrupt as exc:
+            interrupted = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
             error = f"interrupted by {interrupted}"
         except Exception as exc:  # noqa: BLE001 - kernel death, timeouts: still record and render
             error = f"{type(exc).__name__}: {exc}"
         with signals_deferred():
+            if interrupted is None and _received:
+                interrupted = signal.Signals(_received[-1]).name
+                error = f"interrupted by {interrupted}"
             if interrupted is None and error and ": KeyboardInterrupt:" in error:
                 interrupted = "SIGINT"  # Ctrl-C reached the kernel first: its cell raised
             try:
