@@ -75,8 +75,12 @@ def check(home: Path | None = None) -> list[Finding]:
         findings.append(Finding(REGISTRY, False, f"no index but {len(files)} registered model file(s) in {models}"))
     if reg_state != "ok":
         return findings
-    with closing(sqlite3.connect(f"file:{quote(str(home / 'registry.db'))}?mode=ro", uri=True)) as con:
-        rows = con.execute("SELECT name, version, sha256, uri FROM versions").fetchall()
+    try:
+        with closing(sqlite3.connect(f"file:{quote(str(home / 'registry.db'))}?mode=ro", uri=True)) as con:
+            rows = con.execute("SELECT name, version, sha256, uri FROM versions").fetchall()
+    except sqlite3.Error as exc:
+        findings.append(Finding(REGISTRY, False, f"cannot read the versions: {exc}"))
+        return findings
     indexed = set()
     for name, version, digest, uri in rows:
         path = Path(uri)
