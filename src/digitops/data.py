@@ -368,9 +368,12 @@ def _save_npy(folder: Path, arrays: dict[str, np.ndarray]) -> None:
         digests = {}
         for key, arr in arrays.items():
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".npy")
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, arr)
-            os.replace(tmp, folder / f"{key}.npy")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    np.save(fh, arr)
+                os.replace(tmp, folder / f"{key}.npy")
+            finally:
+                Path(tmp).unlink(missing_ok=True)
             digests[key] = _sha256_mapped(folder / f"{key}.npy")
         (folder / "STAMP").write_text(json.dumps({"dataset": DATASET_CHECKSUM, "sha256": digests}, indent=1))
     except OSError:

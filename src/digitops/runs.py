@@ -90,9 +90,13 @@ def update_metrics(folder: str | os.PathLike, **sections: Any) -> dict[str, Any]
             content[key].update(value)
         else:
             content[key] = value
-    tmp = folder / (METRICS_FILE + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, folder / METRICS_FILE)
+    # One temporary name per process (the runner and its kernel both write here); removed on failure.
+    tmp = folder / f".{METRICS_FILE}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(content, indent=2, sort_keys=True, default=float))
+        os.replace(tmp, folder / METRICS_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
     return content
 
 
