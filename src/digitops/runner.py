@@ -96,12 +96,6 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
 
 
-def exit_code_for(exc: BaseException) -> int:
-    """Shell convention for a run stopped by a signal: 128 + the signal number."""
-    signum = getattr(exc, "signum", signal.SIGINT)
-    return 128 + int(signum)
-
-
 class StageFailed(RuntimeError):
     """A notebook raised; its executed copy and HTML are still written."""
 

@@ -54,7 +54,8 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
     except params_mod.ParameterError as exc:
         raise click.UsageError(str(exc)) from exc
     except (TrackingError, RegistryError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        click.secho(f"Error: {exc}", fg="red", err=True)
+        raise SystemExit(EXIT_ERROR) from exc
     except runner.StageFailed as exc:
         res = exc.result
         if res.interrupted:
