@@ -428,3 +428,25 @@ def test_runs_show_prints_counts_artifacts_and_a_dirty_commit(tracker: SqliteTra
     listed = out.output.split("artifacts:")[1]
     for name in ("curves.png", "model.keras", "metrics.json", "report/report.md"):
         assert f"  {name}: " in listed, name
+
+
+def test_v1_store_is_migrated_keeping_runs_and_their_rows(tmp_path: Path) -> None:
+    from digitops import _sqlite
+    from digitops.tracking.sqlite import _SCHEMA_V1
+
+    db = tmp_path / "tracking.db"
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    _sqlite.run_script(con, _SCHEMA_V1)
+    con.execute("INSERT INTO runs (run_id, project, status, started_at) VALUES ('old', 'digitops', 'finished', 't')")
+    con.execute("INSERT INTO params (run_id, key, value) VALUES ('old', 'epochs', '3')")
+    con.execute("INSERT INTO metrics (run_id, key, step, value, logged_at) VALUES ('old', 'loss', 0, 0.5, 't')")
+    con.execute("PRAGMA user_version = 1")
+    con.close()
+
+    t = SqliteTracker(db, tmp_path / "artifacts")
+    old = t.get_run("old")
+    assert (old.status, old.params, old.history) == (FINISHED, {"epochs": 3}, {"loss": [0.5]})
+    assert t.integrity_check() == "ok"
+    t.start_run("new")
+    assert t.mark_abandoned() == []  # this process owns "new"

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import mmap
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -284,11 +287,24 @@ def fetch(
     )
 
 
-def load(cache_dir: str | os.PathLike | None = None, fetch_missing: bool = True) -> Mnist:
-    """Load the full verified data set, fetching it first when needed."""
+def load(
+    cache_dir: str | os.PathLike | None = None,
+    fetch_missing: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Mnist:
+    """Load the full verified data set, fetching it first when needed.
+
+    The ``.npy`` copies are checked against the SHA256 recorded when they were
+    written; a damaged copy is reported through ``log`` (default: stderr) and
+    re-derived from the verified IDX files.
+    """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     npy = cache / "npy"
-    arrays = _load_npy(npy)
+    try:
+        arrays = _load_npy(npy)
+    except ChecksumError as exc:
+        (log or _warn)(f"{exc}; re-deriving it from the verified IDX files")
+        arrays = None
     if arrays is None:
         try:
             found = _find_in_dir(cache)
@@ -305,20 +321,41 @@ def load(cache_dir: str | os.PathLike | None = None, fetch_missing: bool = True)
     )
 
 
-def _npy_stamp() -> str:
-    return DATASET_CHECKSUM + "\n"
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _sha256_mapped(path: Path) -> str:
+    """SHA256 of a file through mmap (no copy into Python memory; ~0.1 s for the 47 MB image array)."""
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        return hashlib.sha256(mapped).hexdigest()
 
 
 def _load_npy(folder: Path) -> dict[str, np.ndarray] | None:
-    # The .npy copies are written only after the IDX files verified, and the
-    # stamp is written last, so a stamped folder is trusted without rehashing.
+    """The cached arrays, or None when absent or stale; :class:`ChecksumError` when a file changed.
+
+    The stamp, written last, holds the dataset id and each ``.npy`` file's SHA256.
+    """
     stamp = folder / "STAMP"
-    if not stamp.is_file() or stamp.read_text() != _npy_stamp():
-        return None
     try:
-        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in FILES}
+        recorded = json.loads(stamp.read_text())
     except (OSError, ValueError):
+        return None  # absent, or written by an older digitops without checksums: rebuild it
+    if not isinstance(recorded, dict) or recorded.get("dataset") != DATASET_CHECKSUM:
         return None
+    arrays = {}
+    for key in FILES:
+        path = folder / f"{key}.npy"
+        try:
+            digest = _sha256_mapped(path)
+        except (OSError, ValueError):
+            return None
+        if digest != (recorded.get("sha256") or {}).get(key):
+            raise ChecksumError(f"the cached array {path} does not match the SHA256 recorded when it was written")
+        try:
+            arrays[key] = np.load(path, mmap_mode="r")
+        except (OSError, ValueError):
+            return None
     if any(arrays[k].shape != FILES[k].shape or arrays[k].dtype != np.uint8 for k in FILES):
         return None
     return arrays
@@ -328,9 +365,17 @@ def _save_npy(folder: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "STAMP").unlink(missing_ok=True)
+        digests = {}
         for key, arr in arrays.items():
-            np.save(folder / f"{key}.npy", arr)
-        (folder / "STAMP").write_text(_npy_stamp())
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".npy")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    np.save(fh, arr)
+                os.replace(tmp, folder / f"{key}.npy")
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            digests[key] = _sha256_mapped(folder / f"{key}.npy")
+        (folder / "STAMP").write_text(json.dumps({"dataset": DATASET_CHECKSUM, "sha256": digests}, indent=1))
     except OSError:
         pass  # the cache is an optimisation; a read-only home must not fail a run
 

@@ -328,12 +328,20 @@ def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> dict
 
 
 def save(model: keras.Model, path: str | os.PathLike) -> Path:
-    """Save as a single ``.keras`` file."""
+    """Save as a single ``.keras`` file, atomically: a full disk or a kill leaves no truncated model."""
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"models are saved as .keras files, got {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
+    # Keras insists on the .keras suffix, so the partial name keeps it.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.keras")
+    try:
+        model.save(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -4,14 +4,18 @@ The runner owns the run's lifecycle in the tracker: it opens the run before
 the kernel starts (so a kernel that dies early still leaves a record) and
 closes it as finished or failed afterwards. A failing notebook still yields
 its executed ``.ipynb`` and ``.html``, with papermill's banner at the failing
-cell.
+cell. Ctrl-C, SIGTERM and SIGHUP end the run as ``failed`` too (with the HTML
+of what ran); only SIGKILL escapes, and the next command that reads runs marks
+such a run ``abandoned``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,74 @@ from digitops import config, params as params_mod, quiet, runs
 STAGES = ("train", "evaluate")
 #: Parameters only the runner sets; users choose them through CLI arguments.
 RESERVED = ("run_id", "output_dir")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived. A KeyboardInterrupt, so asyncio (inside papermill) re-raises it too."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _kill_children() -> None:
+    """SIGKILL this process's children (the notebook kernel).
+
+    Shut down gracefully while a cell runs, the kernel prints a 20-line zmq
+    traceback (its reply socket closes under it) and may outlive us; killed,
+    it just stops. Its cells' writes are atomic, so nothing half-written stays.
+    """
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == me:  # field 4 of /proc/PID/stat: the parent pid
+            with contextlib.suppress(OSError):
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+
+
+#: signals received while a notebook ran (see signals_raise)
+_received: list[int] = []
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """Within: Ctrl-C raises KeyboardInterrupt, SIGTERM/SIGHUP :class:`Interrupted`, after the kernel is stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        # Remembered as well as raised: a library may swallow the exception (then the dead
+        # kernel ends the execution), and the run must still say which signal stopped it.
+        _received.append(signum)
+        _kill_children()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Interrupted(signum)
+
+    saved = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Within: SIGINT/SIGTERM/SIGHUP wait, so a second Ctrl-C cannot stop a run's final record."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
 
 
 class StageFailed(RuntimeError):
@@ -47,6 +119,8 @@ class StageResult:
     #: "cell In [N] `first line`: ExcName: message" when the notebook failed
     error: str | None = None
     failed_cell: int | None = None
+    #: "SIGINT", "SIGTERM" or "SIGHUP" when a signal stopped the notebook
+    interrupted: str | None = None
 
 
 def notebooks_dir() -> Path:
@@ -101,7 +175,13 @@ def to_html(notebook: Path) -> Path:
     nb = nbformat.read(notebook, as_version=4)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     html = notebook.with_suffix(".html")
-    html.write_text(body, encoding="utf-8")
+    # Beside it, then renamed: a full disk or a kill never leaves half a page under the real name.
+    tmp = html.with_name(f".{html.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(body, encoding="utf-8")
+        os.replace(tmp, html)
+    finally:
+        tmp.unlink(missing_ok=True)
     return html
 
 
@@ -140,37 +220,61 @@ def execute(
         project=config.project_name(),
     )
     started = time.perf_counter()
-    error = failed_cell = None
+    _received.clear()
+    error = failed_cell = interrupted = None
+    html = None
+    status = "failed"
     try:
-        with _kernel_environment():
-            papermill.execute_notebook(
-                str(source),
-                str(output),
-                parameters=injected,
-                kernel_name="python3",
-                progress_bar=progress,
-                log_output=log_output,
-                execution_timeout=timeout,
-                cwd=os.getcwd(),
-                extra_arguments=quiet.kernel_arguments(),
-            )
-    except PapermillExecutionError as exc:
-        # The execution count is what the HTML shows next to the failing cell.
-        failed_cell = exc.exec_count
-        first_line = next((ln for ln in (exc.source or "").splitlines() if ln.strip()), "").strip()
-        error = f"cell In [{exc.exec_count}] `{first_line[:80]}`: {exc.ename}: {exc.evalue}"
-    except Exception as exc:  # noqa: BLE001 - kernel death, timeouts: still record and render
-        error = f"{type(exc).__name__}: {exc}"
+        try:
+            with _kernel_environment(), signals_raise():
+                papermill.execute_notebook(
+                    str(source),
+                    str(output),
+                    parameters=injected,
+                    kernel_name="python3",
+                    progress_bar=progress,
+                    log_output=log_output,
+                    execution_timeout=timeout,
+                    cwd=os.getcwd(),
+                    extra_arguments=quiet.kernel_arguments(),
+                )
+        except PapermillExecutionError as exc:
+            # The execution count is what the HTML shows next to the failing cell.
+            failed_cell = exc.exec_count
+            first_line = next((ln for ln in (exc.source or "").splitlines() if ln.strip()), "").strip()
+            error = f"cell In [{exc.exec_count}] `{first_line[:80]}`: {exc.ename}: {exc.evalue}"
+        except KeyboardInterrupt as exc:
+            interrupted = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
+            error = f"interrupted by {interrupted}"
+        except Exception as exc:  # noqa: BLE001 - kernel death, timeouts: still record and render
+            error = f"{type(exc).__name__}: {exc}"
+        with signals_deferred():
+            if interrupted is None and _received:
+                interrupted = signal.Signals(_received[-1]).name
+                error = f"interrupted by {interrupted}"
+            if interrupted is None and error and ": KeyboardInterrupt:" in error:
+                interrupted = "SIGINT"  # Ctrl-C reached the kernel first: its cell raised
+            try:
+                html = to_html(output) if output.is_file() else None
+                for path in (output, html):
+                    if path is not None:
+                        tracker.log_artifact(run_id, path)
+            except Exception as exc:  # noqa: BLE001 - a full disk truncates what papermill wrote
+                error = error or f"could not keep the executed notebook: {type(exc).__name__}: {exc}"
+            status = "failed" if error else "finished"
+    finally:
+        # Whatever happened above (a full disk, a second signal, an HTML that failed to render),
+        # the run ends with a final status.
+        with signals_deferred():
+            try:
+                runs.update_metrics(folder, stages={stage: status})
+            except (OSError, ValueError):
+                pass  # the tracker's record below is the one that counts
+            tracker.end_run(run_id, status)
     seconds = time.perf_counter() - started
-
-    html = to_html(output) if output.is_file() else None
-    for path in (output, html):
-        if path is not None:
-            tracker.log_artifact(run_id, path)
-    status = "failed" if error else "finished"
-    runs.update_metrics(folder, stages={stage: status})
-    tracker.end_run(run_id, status)
-    result = StageResult(stage, run_id, folder, output, html, error is None, seconds, injected, error, failed_cell)
+    result = StageResult(
+        stage, run_id, folder, output, html, error is None, seconds, injected, error, failed_cell, interrupted
+    )
     if error:
         raise StageFailed(result)
     return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import subprocess
 from dataclasses import dataclass, field
@@ -19,6 +20,17 @@ from typing import Any
 from digitops import config
 
 METRICS_FILE = "metrics.json"
+#: a run id names a folder and appears in URLs: letters, digits, '.', '_', '-', not starting with '.'
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` unchanged, or ``ValueError`` naming the rule it breaks."""
+    if not RUN_ID_RE.match(run_id or ""):
+        raise ValueError(
+            f"invalid run id {run_id!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return run_id
 
 
 def new_run_id() -> str:
@@ -28,8 +40,7 @@ def new_run_id() -> str:
 
 def run_dir(run_id: str, root: str | os.PathLike | None = None) -> Path:
     """Folder of ``run_id`` under the runs root."""
-    if not run_id or "/" in run_id or run_id.startswith("."):
-        raise ValueError(f"invalid run id {run_id!r}")
+    check_run_id(run_id)
     return (Path(root) if root else config.runs_dir()) / run_id
 
 
@@ -87,9 +98,13 @@ def update_metrics(folder: str | os.PathLike, **sections: Any) -> dict[str, Any]
             content[key].update(value)
         else:
             content[key] = value
-    tmp = folder / (METRICS_FILE + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, folder / METRICS_FILE)
+    # One temporary name per process (the runner and its kernel both write here); removed on failure.
+    tmp = folder / f".{METRICS_FILE}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(content, indent=2, sort_keys=True, default=float))
+        os.replace(tmp, folder / METRICS_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
     return content
 
 
@@ -170,6 +185,49 @@ class RunContext:
         """Mark this stage done. The runner also closes the run, so this is idempotent."""
         update_metrics(self.folder, stages={self.stage: "finished"})
         self.tracker.end_run(self.run_id, "finished")
+
+
+def reap_abandoned(tracker: Any) -> list[str]:
+    """Mark ``abandoned`` this host's running runs whose process is gone; returns their ids.
+
+    Commands that read runs call this first, so a run killed with SIGKILL (or
+    lost with its machine) stops counting as running.
+    """
+    mark = getattr(tracker, "mark_abandoned", None)
+    if mark is None:
+        return []
+    gone = mark()
+    for run_id in gone:
+        _set_open_stages(run_id, "abandoned")
+    return gone
+
+
+def mark_failed(tracker: Any, run_id: str) -> str:
+    """Close a ``running`` or ``abandoned`` run as ``failed``; returns the status it had.
+
+    Raises ``ValueError`` for a run that already finished or failed.
+    """
+    from digitops.tracking import ABANDONED, FAILED, RUNNING
+
+    status = tracker.get_run(run_id).status
+    if status not in (RUNNING, ABANDONED):
+        raise ValueError(f"run {run_id} is {status}, not running or abandoned; nothing to mark")
+    tracker.end_run(run_id, FAILED)
+    _set_open_stages(run_id, FAILED)
+    return status
+
+
+def _set_open_stages(run_id: str, status: str) -> None:
+    # The run folder's metrics.json says which stages were still running; best effort (the
+    # tracker holds the authoritative status, and the folder may live elsewhere or be gone).
+    try:
+        folder = run_dir(run_id)
+        stages = read_metrics(folder).get("stages") or {}
+        open_stages = {k: status for k, v in stages.items() if v == "running"}
+        if open_stages:
+            update_metrics(folder, stages=open_stages)
+    except (OSError, ValueError):
+        pass
 
 
 def resolve_model(run_id: str = "", model_path: str = "", output_dir: str = "") -> tuple[str, Path, Path]:

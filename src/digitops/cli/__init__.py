@@ -44,7 +44,7 @@ def cli(offline: bool, verbose: bool) -> None:
 
 
 #: Modules under digitops.cli, one per area, each exposing ``COMMANDS``.
-COMMAND_MODULES = ("run", "pipeline", "tracking", "registry", "publish", "comet", "dashboard")
+COMMAND_MODULES = ("run", "pipeline", "tracking", "registry", "publish", "comet", "dashboard", "doctor")
 
 
 def _add_commands() -> None:
@@ -57,6 +57,28 @@ def _add_commands() -> None:
 _add_commands()
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file-system error on our folders: which path, what is wrong, what to do."""
+    import errno
+
+    where = exc.filename or "a file"
+    what = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "make it writable, or point DIGITOPS_HOME / DIGITOPS_RUNS / DIGITOPS_CACHE at a writable folder"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        hint = "a file is where a folder is expected (or the reverse): move it aside"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = "free some disk space and run the command again"
+    else:
+        hint = "check the path"
+    return f"cannot use {where}: {what}; {hint}"
+
+
 def main() -> None:
-    """Console entry point."""
-    sys.exit(cli.main(standalone_mode=True))
+    """Console entry point: click's errors as usual; a file-system error as one line (exit 1)."""
+    try:
+        code = cli.main(standalone_mode=True)
+    except OSError as exc:
+        click.echo(f"Error: {describe_os_error(exc)}", err=True)
+        code = 1
+    sys.exit(code)

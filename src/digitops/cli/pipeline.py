@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from digitops.cli.run import collect_parameters, param_options
-from digitops.cli.tracking import _gate, exit_if_unjudged, gate_options
+from digitops.cli.run import collect_parameters, param_options, stopped
+from digitops.cli.tracking import _gate, _tracker, exit_if_unjudged, gate_options, reap
 
 EXIT_GATE_FAILED, EXIT_ERROR, EXIT_NOTEBOOK_FAILED = 1, 2, 3
 
@@ -49,11 +49,14 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
 
     from digitops import params as params_mod, runner
     from digitops.pipeline import run_pipeline
+    from digitops.registry import RegistryError
+    from digitops.tracking import TrackingError
 
     if model_name:
         os.environ["DIGITOPS_MODEL_NAME"] = model_name
     parameters = collect_parameters(profile, files, pairs)
     gate = _gate(floor, tolerance, lower_is_better)
+    reap(_tracker())
     try:
         result = run_pipeline(
             parameters, gate=gate, metric=metric, register=not no_register, promote=promote,
@@ -62,8 +65,13 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
         )
     except params_mod.ParameterError as exc:
         raise click.UsageError(str(exc)) from exc
+    except (TrackingError, RegistryError) as exc:
+        click.secho(f"Error: {exc}", fg="red", err=True)
+        raise SystemExit(EXIT_ERROR) from exc
     except runner.StageFailed as exc:
         res = exc.result
+        if res.interrupted:
+            stopped(res.stage, res)
         click.secho(f"{res.stage} notebook failed at {res.error}", fg="red", err=True)
         click.echo(f"  HTML (shows the failing cell): {res.html}", err=True)
         raise SystemExit(EXIT_NOTEBOOK_FAILED) from exc

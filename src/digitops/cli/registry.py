@@ -99,7 +99,7 @@ def register_cmd(
 ) -> None:
     """Register RUN's model as the next version, with the run's final metrics and the file's SHA256."""
     from digitops.registry import RegistryError
-    from digitops.tracking import FAILED, TrackingError, get_tracker
+    from digitops.tracking import ABANDONED, FAILED, TrackingError, get_tracker
 
     metrics: dict[str, float] = {}
     artifacts: dict[str, str] = {}
@@ -110,8 +110,8 @@ def register_cmd(
             raise click.ClickException(f"{exc}; pass --model to register a file without a tracked run") from exc
         click.echo(f"warning: run {run_id!r} is not tracked here; registering without metrics", err=True)
     else:
-        if run.status == FAILED:
-            raise click.ClickException(f"run {run_id!r} failed; refusing to register its model")
+        if run.status in (FAILED, ABANDONED):
+            raise click.ClickException(f"run {run_id!r} {run.status}; refusing to register its model")
         metrics, artifacts = dict(run.metrics), dict(run.artifacts)
     if model_path is None:
         candidate = config.runs_dir() / run_id / "model.keras"

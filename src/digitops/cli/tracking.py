@@ -43,6 +43,19 @@ def _tracker() -> Any:
         raise click.ClickException(str(exc)) from exc
 
 
+def reap(tracker: Any) -> None:
+    """Mark abandoned the runs whose process is gone (one line each on stderr) before reading runs."""
+    from digitops import runs as runs_mod
+    from digitops.tracking import TrackingError
+
+    try:
+        gone = runs_mod.reap_abandoned(tracker)
+    except TrackingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for run_id in gone:
+        click.echo(f"run {run_id} was still marked running but its process is gone: marked abandoned", err=True)
+
+
 def _num(metric: str, value: float | None) -> str:
     return fmt_value(metric, value) if value is not None and not math.isnan(value) else "—"
 
@@ -57,7 +70,8 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--project", help="Project to list. Default: $COMET_PROJECT_NAME / $DIGITOPS_PROJECT / digitops.")
-@click.option("--status", type=click.Choice(["running", "finished", "failed"]), help="Only runs with this status.")
+@click.option("--status", type=click.Choice(["running", "finished", "failed", "abandoned"]),
+              help="Only runs with this status.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many runs.")
 @click.option("--metric", default=DEFAULT_METRIC, show_default=True, help="Metric shown per run.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of run records).")
@@ -65,8 +79,10 @@ def runs_list(project: str | None, status: str | None, limit: int, metric: str, 
     """Runs of the project, newest first."""
     from digitops.tracking import TrackingError
 
+    tracker = _tracker()
+    reap(tracker)
     try:
-        found = _tracker().list_runs(project=project, status=status, limit=limit)
+        found = tracker.list_runs(project=project, status=status, limit=limit)
     except TrackingError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -154,6 +170,20 @@ def runs_show(run_id: str, as_json: bool) -> None:
         click.echo(f"  {k}: {files[k]}")
 
 
+@runs.command("mark-failed")
+@click.argument("run_id", metavar="RUN")
+def runs_mark_failed(run_id: str) -> None:
+    """Close RUN as failed: for a run left running or abandoned by a process that was killed."""
+    from digitops import runs as runs_mod
+    from digitops.tracking import TrackingError
+
+    try:
+        was = runs_mod.mark_failed(_tracker(), run_id)
+    except (TrackingError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"run {run_id}: {was} -> failed")
+
+
 # ---------------------------------------------------------------------------- compare / report
 
 
@@ -214,6 +244,7 @@ def _compare(run_id: str, metric: str, gate: Gate, model_name: str | None, allow
     from digitops.tracking import TrackingError
 
     try:
+        reap(_tracker())
         return compare_mod.compare(
             run_id, metric=metric, gate=gate, model_name=model_name, allow_unjudged=allow_unjudged
         )

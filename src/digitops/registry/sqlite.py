@@ -13,6 +13,13 @@ new row inserted in one ``BEGIN IMMEDIATE`` transaction and ``(name,
 version)`` is UNIQUE, so two processes registering at the same moment get
 distinct versions.
 
+A registered file is never overwritten: a version whose folder already holds a
+model (a lost or damaged ``registry.db``) is refused, and a missing
+``registry.db`` beside a non-empty ``models/`` is not re-created empty.
+Each version folder also holds ``version.json`` (the version's record,
+rewritten on status changes) and each model folder ``history.json``, so
+``digitops doctor --rebuild-registry`` can rebuild the index from the files.
+
 At most one version per model is ``production`` (a partial unique index
 enforces it). Each promotion is recorded with the version it replaced;
 :meth:`SqliteRegistry.rollback` undoes the latest promotion that is still in
@@ -49,6 +56,10 @@ from digitops.registry.base import (
 SCHEMA_VERSION = 1
 BUMPS = ("major", "minor", "patch")
 MODEL_FILE = "model.keras"
+#: beside each registered file: the version's record, for rebuilding a lost index
+SIDECAR = "version.json"
+#: in each model folder: promotions and rollbacks, for rebuilding a lost index
+HISTORY_FILE = "history.json"
 
 _SCHEMA_V1 = """
 CREATE TABLE versions (
@@ -128,6 +139,15 @@ def _check_status(status: str) -> None:
         raise RegistryError(f"unknown status {status!r}; choose one of: {', '.join(STATUSES)}")
 
 
+def _write_json(path: Path, content: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(json.dumps(content, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _row_to_version(row: sqlite3.Row) -> ModelVersion:
     return ModelVersion(
         name=row["name"],
@@ -148,11 +168,50 @@ class SqliteRegistry(Registry):
     """Registry backed by one SQLite file and a model folder (see the module docstring)."""
 
     def __init__(
-        self, db_path: str | os.PathLike | None = None, store_dir: str | os.PathLike | None = None
+        self,
+        db_path: str | os.PathLike | None = None,
+        store_dir: str | os.PathLike | None = None,
+        *,
+        adopt_models: bool = False,
     ) -> None:
+        """Open (or create) the registry; ``adopt_models``: create it even beside registered files (doctor)."""
         self.db_path = Path(db_path) if db_path is not None else config.home() / "registry.db"
         self.store_dir = Path(store_dir) if store_dir is not None else config.home() / "models"
-        _sqlite.init_db(self.db_path, SCHEMA_VERSION, _migrate, "registry", RegistryError)
+        _sqlite.init_db(
+            self.db_path, SCHEMA_VERSION, _migrate, "registry", RegistryError,
+            refuse_new=None if adopt_models else self._refuse_new,
+        )
+
+    def registered_files(self) -> list[Path]:
+        """Every ``models/<name>/<version>/model.keras`` on disk, indexed or not."""
+        return sorted(self.store_dir.glob(f"*/*/{MODEL_FILE}"))
+
+    def _refuse_new(self) -> str | None:
+        # An empty index beside registered files would judge "no production model" and hand out
+        # their version numbers again: fail closed and point at the rebuild instead.
+        files = self.registered_files()
+        if not files:
+            return None
+        return (
+            f"the registry database {self.db_path} is missing but {self.store_dir} holds {len(files)} "
+            f"registered model file(s); run `digitops doctor --rebuild-registry` to rebuild the index from them"
+        )
+
+    def write_sidecars(self, name: str) -> None:
+        """Rewrite ``version.json`` of every version of ``name`` and its ``history.json`` (atomically).
+
+        Best effort: the index is the record; these only make it rebuildable.
+        """
+        try:
+            for mv in self.list_versions(name):
+                folder = Path(mv.uri).parent
+                if folder.is_dir():
+                    _write_json(folder / SIDECAR, mv.to_dict())
+            model_dir = self.store_dir / name
+            if model_dir.is_dir():
+                _write_json(model_dir / HISTORY_FILE, self.history(name))
+        except OSError:
+            pass
 
     def __repr__(self) -> str:
         return f"SqliteRegistry(db_path={str(self.db_path)!r})"
@@ -161,14 +220,14 @@ class SqliteRegistry(Registry):
         try:
             return _sqlite.connect(self.db_path)
         except sqlite3.Error as exc:
-            raise RegistryError(f"cannot open the registry database {self.db_path}: {exc}") from exc
+            raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
         with closing(self._connect()) as con:
             try:
                 return con.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
-                raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
 
     # -- register -----------------------------------------------------------------
 
@@ -254,14 +313,22 @@ class SqliteRegistry(Registry):
                         )
                         if status == PRODUCTION:
                             self._promote(con, name, version, user)
-                        # Placed while holding the lock: the version is ours, and a folder left
-                        # by a registration that crashed before committing may be overwritten.
+                        # Placed while holding the lock, and never over an existing file: one there
+                        # belongs to a version this index lost (link fails instead of replacing).
                         dest.parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(tmp, dest)
+                        try:
+                            os.link(tmp, dest)
+                        except FileExistsError:
+                            raise RegistryError(
+                                f"refusing to register {name} {version}: {dest} already exists, so the "
+                                f"registry index {self.db_path} has lost versions; run "
+                                "`digitops doctor --rebuild-registry` (nothing was overwritten)"
+                            ) from None
                 except sqlite3.Error as exc:
-                    raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+                    raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
         finally:
             tmp.unlink(missing_ok=True)
+        self.write_sidecars(name)
         return self.get_version(name, version)
 
     # -- reads --------------------------------------------------------------------
@@ -350,7 +417,8 @@ class SqliteRegistry(Registry):
             except LookupError:
                 return self.get_version(name, version)  # raises, naming the known versions
             except sqlite3.Error as exc:
-                raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
+        self.write_sidecars(name)
         return self.get_version(name, version)
 
     def rollback(self, name: str) -> ModelVersion:
@@ -396,7 +464,8 @@ class SqliteRegistry(Registry):
                         (name, target, current, _sqlite.utc_now(), current_user()),
                     )
             except sqlite3.Error as exc:
-                raise RegistryError(f"registry database {self.db_path}: {exc}") from exc
+                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
+        self.write_sidecars(name)
         return self.get_version(name, target)
 
     # -- download -----------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from digitops.tracking.base import (
+    ABANDONED,
     FAILED,
     FINISHED,
     RUNNING,
@@ -13,6 +14,7 @@ from digitops.tracking.base import (
 )
 
 __all__ = [
+    "ABANDONED",
     "FAILED",
     "FINISHED",
     "RUNNING",

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 RUNNING, FINISHED, FAILED = "running", "finished", "failed"
-STATUSES = (RUNNING, FINISHED, FAILED)
+#: a run left ``running`` by a process that is gone (killed, machine crashed)
+ABANDONED = "abandoned"
+STATUSES = (RUNNING, FINISHED, FAILED, ABANDONED)
 
 
 @dataclass

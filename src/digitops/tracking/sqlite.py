@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sqlite3
 import tempfile
 from contextlib import closing
@@ -28,6 +29,7 @@ from typing import Any, Iterable
 
 from digitops import _sqlite, config
 from digitops.tracking.base import (
+    ABANDONED,
     FAILED,
     FINISHED,
     RUNNING,
@@ -39,7 +41,7 @@ from digitops.tracking.base import (
     artifact_dir_for,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE runs (
@@ -90,6 +92,32 @@ CREATE TABLE artifacts (
 """
 
 
+# v2: the process that owns a running run (pid on host), so a later command can tell a run whose
+# process is gone (marked 'abandoned'). SQLite cannot change a CHECK in place: the table is rebuilt
+# (init_db turns foreign keys off for migrations, so dropping the old table cascades nothing).
+_SCHEMA_V2 = """
+CREATE TABLE runs_v2 (
+    seq INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL UNIQUE,
+    project TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'abandoned')),
+    git_commit TEXT,
+    data_checksum TEXT,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    url TEXT,
+    pid INTEGER,
+    host TEXT
+);
+INSERT INTO runs_v2 (seq, run_id, project, name, status, git_commit, data_checksum, started_at, ended_at, url)
+    SELECT seq, run_id, project, name, status, git_commit, data_checksum, started_at, ended_at, url FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v2 RENAME TO runs;
+CREATE INDEX runs_by_project ON runs (project, started_at);
+"""
+
+
 #: One statement over one key's final values (index ``metrics_summary``); ``{order}``: DESC or ASC.
 _SUMMARY_SQL = f"""
     WITH c AS (
@@ -109,6 +137,24 @@ _SUMMARY_SQL = f"""
 def _migrate(con: sqlite3.Connection, from_version: int) -> None:
     if from_version == 0:
         _sqlite.run_script(con, _SCHEMA_V1)
+    if from_version <= 1:
+        _sqlite.run_script(con, _SCHEMA_V2)
+
+
+def host_name() -> str:
+    """This machine's name, recorded with the pid of the process that owns a run."""
+    return socket.gethostname()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this machine (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _to_db(value: float) -> float | None:
@@ -161,7 +207,7 @@ class SqliteTracker(Tracker):
         try:
             return _sqlite.connect(self.db_path)
         except sqlite3.Error as exc:
-            raise TrackingError(f"cannot open the tracking database {self.db_path}: {exc}") from exc
+            raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
 
     def _write(self, run_id: str, fn: Any) -> Any:
         """Run ``fn(con)`` in a write transaction after checking ``run_id`` exists."""
@@ -172,7 +218,7 @@ class SqliteTracker(Tracker):
                         raise TrackingError(f"unknown run {run_id!r} in {self.db_path}")
                     return fn(con)
             except sqlite3.Error as exc:
-                raise TrackingError(f"tracking database {self.db_path}: {exc}") from exc
+                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
 
     # -- writes -------------------------------------------------------------------
 
@@ -197,7 +243,7 @@ class SqliteTracker(Tracker):
                     if row is None:
                         con.execute(
                             "INSERT INTO runs (run_id, project, name, status, git_commit, data_checksum,"
-                            " started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            " started_at, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (
                                 run_id,
                                 project or config.project_name(),
@@ -206,6 +252,8 @@ class SqliteTracker(Tracker):
                                 git_commit,
                                 data_checksum,
                                 _sqlite.utc_now(),
+                                os.getpid(),
+                                host_name(),
                             ),
                         )
                     else:
@@ -214,17 +262,21 @@ class SqliteTracker(Tracker):
                                 f"run {run_id!r} belongs to project {row['project']!r}, not {project!r}"
                             )
                         # Resuming (evaluate after train): keep what is known, fill what is new.
+                        # A run already running keeps its owner (the runner, not the kernel it started).
                         con.execute(
                             "UPDATE runs SET status = ?, ended_at = NULL,"
                             " name = CASE WHEN ? != '' THEN ? ELSE name END,"
                             " git_commit = COALESCE(?, git_commit),"
-                            " data_checksum = COALESCE(?, data_checksum) WHERE run_id = ?",
-                            (RUNNING, name, name, git_commit, data_checksum, run_id),
+                            " data_checksum = COALESCE(?, data_checksum),"
+                            " pid = CASE WHEN status = ? THEN pid ELSE ? END,"
+                            " host = CASE WHEN status = ? THEN host ELSE ? END WHERE run_id = ?",
+                            (RUNNING, name, name, git_commit, data_checksum,
+                             RUNNING, os.getpid(), RUNNING, host_name(), run_id),
                         )
                     self._put_params(con, run_id, params or {})
                     self._put_tags(con, run_id, tags or {})
             except sqlite3.Error as exc:
-                raise TrackingError(f"tracking database {self.db_path}: {exc}") from exc
+                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
         return self.get_run(run_id)
 
     @staticmethod
@@ -312,6 +364,32 @@ class SqliteTracker(Tracker):
         )
         return stored
 
+    def mark_abandoned(self) -> list[str]:
+        """Mark ``abandoned`` the running runs whose owning process is gone; returns their ids.
+
+        Only runs started on this host are judged (a pid means nothing elsewhere);
+        runs without a recorded pid (older stores) are left for ``runs mark-failed``.
+        """
+        host = host_name()
+        with closing(self._connect()) as con:
+            try:
+                rows = con.execute(
+                    "SELECT run_id, pid FROM runs WHERE status = ? AND host = ? AND pid IS NOT NULL",
+                    (RUNNING, host),
+                ).fetchall()
+                gone = [(r["run_id"], r["pid"]) for r in rows if not pid_alive(int(r["pid"]))]
+                if not gone:
+                    return []
+                with _sqlite.transaction(con):
+                    # Re-checked in the write: the run may have ended (or been resumed) meanwhile.
+                    con.executemany(
+                        "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ? AND status = ? AND pid = ?",
+                        [(ABANDONED, _sqlite.utc_now(), run_id, RUNNING, pid) for run_id, pid in gone],
+                    )
+            except sqlite3.Error as exc:
+                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
+        return [run_id for run_id, _ in gone]
+
     def end_run(self, run_id: str, status: str = FINISHED) -> None:
         """Close the run as ``finished`` or ``failed``."""
         if status not in (FINISHED, FAILED):
@@ -381,7 +459,7 @@ class SqliteTracker(Tracker):
             except sqlite3.IntegrityError as exc:
                 raise TrackingError(f"cannot import runs into {self.db_path}: {exc}") from exc
             except sqlite3.Error as exc:
-                raise TrackingError(f"tracking database {self.db_path}: {exc}") from exc
+                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
         return len(records)
 
     # -- reads --------------------------------------------------------------------
@@ -435,7 +513,7 @@ class SqliteTracker(Tracker):
                 finally:
                     con.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise TrackingError(f"tracking database {self.db_path}: {exc}") from exc
+                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
 
     def get_run(self, run_id: str) -> RunRecord:
         """The run, or :class:`TrackingError` when unknown."""
@@ -487,7 +565,7 @@ class SqliteTracker(Tracker):
             try:
                 row = con.execute(sql, args).fetchone()
             except sqlite3.Error as exc:
-                raise TrackingError(f"tracking database {self.db_path}: {exc}") from exc
+                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
         n = int(row["n"])
         if n == 0:
             return MetricSummary(metric=metric, count=0, mean=None, best=None, best_run_id=None, worst=None)
