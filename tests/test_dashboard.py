@@ -197,8 +197,57 @@ def test_app_predicts_the_drawn_image(digit_app):
     assert f'data-digit="{digit}"' in digit_app.result.value
     probs = [float(p) for p in re.findall(r'data-p="([0-9.]+)"', digit_app.bars.value)]
     assert len(probs) == 10 and abs(sum(probs) - 1) < 1e-3 and int(np.argmax(probs)) == digit
-    seen = np.asarray(Image.open(io.BytesIO(digit_app.seen.value)))
+    seen = np.asarray(Image.open(io.BytesIO(_seen_png(digit_app.seen.value))))
     assert seen.shape == (28, 28) and seen.max() == 255
+
+
+def _seen_png(value: str) -> bytes:
+    import base64
+
+    match = re.search(r'<img class="dg-seen-img"[^>]* src="data:image/png;base64,([A-Za-z0-9+/=]+)"', value)
+    assert match, value
+    return base64.b64decode(match.group(1))
+
+
+def _widget_buffers(widget) -> list:
+    """The binary buffers a widget's state would send to the browser."""
+    from ipywidgets.widgets.widget import _remove_buffers
+
+    _state, _paths, buffers = _remove_buffers(widget.get_state())
+    return buffers
+
+
+def test_app_sends_no_binary_buffers_to_the_browser(digit_app):
+    """Voila 0.5 grows without bound on a binary message to a legacy-protocol client: send none."""
+    digit_app.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(drawn_png([[(0.5, 0.2), (0.5, 0.8)]]))])
+    assert digit_app.predict() is not None
+    widgets = [digit_app.seen, digit_app.result, digit_app.bars, digit_app.card, digit_app.canvas]
+    assert all(_widget_buffers(wd) == [] for wd in widgets)
+    assert len(_seen_png(digit_app.seen.value)) > 60
+
+
+@pytest.mark.parametrize(
+    "png, message",
+    [
+        (lambda: _png(Image.new("RGBA", (10000, 10000))), "10000x10000 pixels; at most 1024x1024"),
+        (lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * (3 * 2**20), "at most 2 MB"),
+        (lambda: b"not an image at all", "could not decode"),
+    ],
+)
+def test_app_refuses_huge_or_broken_images_with_a_message(digit_app, png, message):
+    digit_app.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(png())])
+    assert digit_app.predict() is None
+    assert 'data-state="invalid"' in digit_app.result.value and message in digit_app.result.value
+    assert "Traceback" not in digit_app.result.value
+    # The next drawing still works.
+    digit_app.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(drawn_png([[(0.5, 0.2), (0.5, 0.8)]]))])
+    assert digit_app.predict() is not None
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def test_app_empty_canvas_shows_message_not_prediction(digit_app):
@@ -302,12 +351,14 @@ def test_cli_dry_run_binds_loopback_and_hides_tracebacks(home):
     res = CliRunner().invoke(cli, ["dashboard", "--dry-run", "--port", "9123"])
     assert res.exit_code == 0, res.output
     args = shlex.split(res.output.strip())
-    assert args[1:3] == ["-m", "voila"] and args[3].endswith("dashboards/digits.ipynb")
+    assert args[1:3] == ["-m", "digitops.dashboard.voila_app"] and args[3].endswith("dashboards/digits.ipynb")
     for flag in (
         "--port=9123",
         "--Voila.ip=127.0.0.1",
         "--show_tracebacks=False",
-        "--MappingKernelManager.cull_idle_timeout=600",
+        "--MappingKernelManager.cull_idle_timeout=60",
+        "--MappingKernelManager.cull_connected=False",
+        "--DigitopsVoila.max_kernels=40",
         "--no-browser",
     ):
         assert flag in args
