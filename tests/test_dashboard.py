@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
 import browser
+import ws_visitor
 from digitops.dashboard import loader, server
 from digitops.registry.base import RegistryError, sha256_file
 from digitops.registry.sqlite import SqliteRegistry
@@ -619,3 +620,179 @@ def test_browser_without_a_model_the_page_explains_and_idle_kernels_are_culled(t
         while not culled.search(srv.log()) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert culled.search(srv.log()), srv.log()
+
+
+# ----------------------------------------------------------------------------- load and abuse (real websocket protocol)
+
+
+def _ws(coro_fn, *args):
+    """Run a visitor coroutine on its own loop (in a thread: a test may already be inside one)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro_fn(*args)).result()
+
+
+@pytest.fixture(scope="module")
+def ws_server(tmp_path_factory, tiny_models):
+    """The dashboard server (model process, limits) serving an untrained model: behaviour, not accuracy."""
+    root = tmp_path_factory.mktemp("ws")
+    SqliteRegistry(root / "home" / "registry.db", root / "home" / "models").register(
+        NAME, tiny_models[0], "run-ws", status="production"
+    )
+    env = browser.isolated_env(root, DIGITOPS_HOME=str(root / "home"), DIGITOPS_RUNS=str(root / "runs"))
+    env = server.server_env(root, env)
+    with browser.VoilaServer(root, env, cull_idle_timeout=5, cull_interval=1, max_kernels=6) as srv:
+        yield srv
+
+
+def _model_process(srv) -> int:
+    pids = [pid for pid, cmd in srv.processes().items() if "digitops.dashboard.modelserver" in cmd]
+    assert len(pids) == 1, srv.processes()
+    return pids[0]
+
+
+async def _visit(url, pngs, subprotocol=ws_visitor.V1, linger=0.0):
+    visitor = ws_visitor.Visitor(url)
+    await visitor.load()
+    await visitor.connect(subprotocol)
+    try:
+        results = [await visitor.predict(png) for png in pngs]
+        await visitor.drain(linger)
+        return results, visitor
+    finally:
+        visitor.close()
+
+
+@pytest.mark.slow
+def test_ws_kernels_are_thin_and_predict_through_the_model_process(ws_server):
+    results, visitor = _ws(_visit, ws_server.url, [ws_visitor.drawn_png(1), ws_visitor.drawn_png(7)])
+    assert [r["state"] for r, _ms in results] == ["prediction", "prediction"]
+    kernels = [pid for pid, cmd in ws_server.processes().items() if "ipykernel" in cmd]
+    assert kernels
+    # No TensorFlow in a visitor's kernel (it was ~0.5 GB with it); the model process holds it once.
+    for pid in kernels:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "tensorflow" not in maps and browser.rss_mb(pid) < 200
+    assert "tensorflow" in Path(f"/proc/{_model_process(ws_server)}/maps").read_text()
+
+
+@pytest.mark.slow
+def test_ws_legacy_protocol_is_refused_and_the_page_still_works(ws_server):
+    """Voila 0.5 parses a binary message to a legacy client as v1 and grows without bound (~48 MB/s)."""
+    from tornado.websocket import WebSocketError
+
+    with pytest.raises((WebSocketError, Exception)) as err:
+        _ws(_visit, ws_server.url, [ws_visitor.drawn_png(1)], None)
+    assert "400" in str(err.value)
+    assert "refused a kernel websocket without the v1.kernel.websocket.jupyter.org subprotocol" in ws_server.log()
+    results, _v = _ws(_visit, ws_server.url, [ws_visitor.drawn_png(1)])
+    assert results[0][0]["state"] == "prediction"
+
+
+@pytest.mark.slow
+def test_ws_hostile_images_get_a_message_and_the_kernel_stays_small(ws_server):
+    big = io.BytesIO()
+    Image.new("RGBA", (10000, 10000)).save(big, "PNG")  # 0.4 MB that decodes to 400 MB (3 GB as floats)
+    results, visitor = _ws(_visit, ws_server.url, [big.getvalue(), b"\x89PNG garbage", ws_visitor.drawn_png(1)])
+    assert [r["state"] for r, _ms in results] == ["invalid", "invalid", "prediction"]
+    assert "at most 1024x1024" in results[0][0]["html"]
+    assert browser.rss_mb(next(p for p, c in ws_server.processes().items() if visitor.kernel_id in c)) < 200
+
+
+@pytest.mark.slow
+def test_ws_a_forced_error_shows_the_friendly_message_and_nothing_internal(ws_server):
+    import os
+    import signal
+
+    record = ws_server.root_dir / "home" / "model-cache" / NAME / "0.1.0" / "version.json"
+    good = record.read_bytes()
+    record.write_text("{damaged")  # the model process refuses: its error names server paths
+    try:
+        # Linger: ipykernel forwards what reaches the kernel's stderr a moment later.
+        results, visitor = _ws(_visit, ws_server.url, [ws_visitor.drawn_png(1)], ws_visitor.V1, 3.0)
+    finally:
+        record.write_bytes(good)
+    assert results[0][0]["state"] == "error" and "Sorry, that prediction failed" in results[0][0]["html"]
+    sent = "\n".join(visitor.received)
+    for leak in ("Traceback", "ModelServerError", "version.json", str(ws_server.root_dir), "site-packages", "File \\\""):
+        assert leak not in sent, leak
+    log = ws_server.log()
+    assert "prediction failed" in log and "Traceback" in log and "version.json" in log  # the server's log has it
+    # A dead model process is restarted by the server; pages work again.
+    os.kill(_model_process(ws_server), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while True:
+        results, _v = _ws(_visit, ws_server.url, [ws_visitor.drawn_png(1)])
+        if results[0][0]["state"] == "prediction" or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert results[0][0]["state"] == "prediction"
+    assert "the model process exited with -9; restarting it" in ws_server.log()
+
+
+@pytest.mark.slow
+def test_ws_kernel_cap_gives_a_busy_page_and_culled_kernels_free_slots(tmp_path, tiny_models):
+    import asyncio
+
+    SqliteRegistry(tmp_path / "home" / "registry.db", tmp_path / "home" / "models").register(
+        NAME, tiny_models[0], "run-cap", status="production"
+    )
+    env = browser.isolated_env(tmp_path, DIGITOPS_HOME=str(tmp_path / "home"), DIGITOPS_RUNS=str(tmp_path / "runs"))
+    env = server.server_env(tmp_path, env)
+
+    async def loads(url, n):
+        visitors = [ws_visitor.Visitor(url) for _ in range(n)]
+        got = await asyncio.gather(*(v.load() for v in visitors), return_exceptions=True)
+        return visitors, got
+
+    with browser.VoilaServer(tmp_path, env, cull_idle_timeout=3, cull_interval=1, max_kernels=3) as srv:
+        # Many page loads that never draw (nor open a websocket): three kernels, then busy pages.
+        visitors, got = _ws(loads, srv.url, 6)
+        assert sum(isinstance(g, str) for g in got) == 3, got
+        busy = [v for v in visitors if v.status == 503]
+        assert len(busy) == 3 and all("busy" in v.page and "try again" in v.page for v in busy)
+        assert "Traceback" not in busy[0].page
+        assert sum("ipykernel" in c for c in srv.processes().values()) == 3
+        # Kernels without a page connected are culled within seconds here (60 s by default)...
+        deadline = time.monotonic() + 60
+        while sum("ipykernel" in c for c in srv.processes().values()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert sum("ipykernel" in c for c in srv.processes().values()) == 0, srv.log()
+        # ...and the next visitor gets a working page.
+        results, _v = _ws(_visit, srv.url, [ws_visitor.drawn_png(1)])
+        assert results[0][0]["state"] == "prediction"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_ws_stopping_the_server_leaves_no_process(tmp_path, tiny_models, sig):
+    import os
+    import signal
+
+    SqliteRegistry(tmp_path / "home" / "registry.db", tmp_path / "home" / "models").register(
+        NAME, tiny_models[0], "run-stop", status="production"
+    )
+    env = browser.isolated_env(tmp_path, DIGITOPS_HOME=str(tmp_path / "home"), DIGITOPS_RUNS=str(tmp_path / "runs"))
+    env = server.server_env(tmp_path, env)
+    with browser.VoilaServer(tmp_path, env) as srv:
+        results, _v = _ws(_visit, srv.url, [ws_visitor.drawn_png(1)])
+        assert results[0][0]["state"] == "prediction"
+        children = srv.processes()
+        assert any("modelserver" in c for c in children.values()) and any("ipykernel" in c for c in children.values())
+        srv.proc.send_signal(getattr(signal, sig))
+        srv.proc.wait(timeout=30)
+
+        def alive(pid):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
+            return " Z " not in stat  # a zombie is gone, only not yet reaped by init
+
+        deadline = time.monotonic() + 30
+        while any(alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [children[p] for p in children if alive(p)]

@@ -147,6 +147,15 @@ class Visitor:
                 self.widgets.setdefault(comm_id, {}).update(body.get("state", {}))
         return channel, msg
 
+    async def drain(self, seconds: float) -> None:
+        """Keep reading for ``seconds`` (output the kernel flushes late, e.g. forwarded stderr)."""
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                await self.next_message(deadline)
+        except (VisitorError, asyncio.TimeoutError):
+            pass
+
     def find(self, model: str, *, dom_class: str | None = None, description: str | None = None) -> str:
         """The comm id of the widget with this model name (and CSS class or description)."""
         for comm_id, state in self.widgets.items():
