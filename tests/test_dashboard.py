@@ -343,6 +343,65 @@ def test_build_with_broken_registry_hides_details_from_visitors(home, capsys):
     assert "Traceback" not in page.value and str(home) not in page.value
 
 
+# ----------------------------------------------------------------------------- model process
+
+
+@pytest.fixture
+def model_server(home, tiny_models, tmp_path):
+    """The model process's server in a thread, on a socket in tmp_path, with one cached production version."""
+    import threading
+
+    from digitops.dashboard import modelserver
+
+    reg = SqliteRegistry()
+    mv = reg.register(NAME, tiny_models[0], "run-m", status="production")
+    loader.fetch(mv, reg)
+    path = str(tmp_path / "m.sock")
+    srv = modelserver.ModelServer(path)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    yield path, mv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_model_process_predicts_like_the_kernel_did(model_server, monkeypatch):
+    from digitops.dashboard import modelserver
+
+    path, mv = model_server
+    image = np.zeros((28, 28), np.uint8)
+    image[6:22, 12:16] = 255
+    remote = modelserver.RemoteModel(path, mv)
+    expected = loader.predict(loader.load_file(mv, loader.cache_path(NAME, mv.version)), image)
+    assert np.allclose(loader.predict(remote, image), expected, atol=1e-5)
+    monkeypatch.setenv(modelserver.SOCKET_ENV, path)
+    assert isinstance(modelserver.client_from_env(mv), modelserver.RemoteModel)
+
+
+def test_model_process_serves_only_cached_registered_versions(model_server, tiny_models):
+    from digitops.dashboard import modelserver
+    from digitops.registry.base import ModelVersion
+
+    path, mv = model_server
+    forged = ModelVersion(**{**mv.to_dict(), "sha256": sha256_file(tiny_models[1])})
+    with pytest.raises(modelserver.ModelServerError, match="not in the model cache"):
+        modelserver.RemoteModel(path, forged).predict(np.zeros((28, 28), np.uint8))
+    loader.cache_path(NAME, mv.version).write_bytes(Path(tiny_models[1]).read_bytes())  # swapped on disk
+    loader._LOADED.clear()
+    with pytest.raises(modelserver.ModelServerError, match="ChecksumError"):
+        modelserver.RemoteModel(path, mv).predict(np.zeros((28, 28), np.uint8))
+    with pytest.raises(modelserver.ModelServerError, match="over the"):
+        modelserver.RemoteModel(path, mv).request({"op": "ping", "junk": "x" * (modelserver.MAX_REQUEST + 1)})
+
+
+def test_model_process_gone_is_an_error_not_a_hang(tmp_path):
+    from digitops.dashboard import modelserver
+
+    remote = modelserver.RemoteModel(str(tmp_path / "nobody.sock"), None)
+    with pytest.raises(modelserver.ModelServerError, match="model process"):
+        remote.request({"op": "ping"})
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -359,7 +418,7 @@ def test_cli_dry_run_binds_loopback_and_hides_tracebacks(home):
         "--show_tracebacks=False",
         "--MappingKernelManager.cull_idle_timeout=60",
         "--MappingKernelManager.cull_connected=False",
-        "--DigitopsVoila.max_kernels=40",
+        "--DigitopsVoila.max_kernels=60",
         "--no-browser",
     ):
         assert flag in args

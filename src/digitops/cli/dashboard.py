@@ -30,7 +30,7 @@ import click
     help="Shut down a kernel idle this many seconds with no page connected (0: never).",
 )
 @click.option(
-    "--max-kernels", type=click.IntRange(min=0), default=40, show_default=True,
+    "--max-kernels", type=click.IntRange(min=0), default=60, show_default=True,
     help="Most visitors (kernels) at once; the next one gets a 'busy, try again' page (0: no limit).",
 )
 @click.option("--fetch-only", is_flag=True, help="Download and verify the model to serve, then exit (image builds).")

@@ -141,11 +141,13 @@ class ModelServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         os.chmod(path, 0o600)
         # Keras models are not documented as thread-safe; one image costs ~1-2 ms, so serialise.
         self._predict_lock = threading.Lock()
+        #: Set once the version to serve is loaded (or could not be): the server then starts listening.
+        self.preloaded = threading.Event()
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
+            return {"ok": True, "pid": os.getpid(), "preloaded": self.preloaded.is_set()}
         if op != "predict":
             raise ValueError(f"unknown op {op!r}")
         import numpy as np
@@ -172,7 +174,7 @@ class ModelServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         return loader.load_file(record, loader.cache_path(name, version))  # verifies the file again
 
 
-def _preload() -> None:
+def _preload(done: threading.Event) -> None:
     """Load the version to serve now, so the first visitor does not wait for TensorFlow."""
     from digitops.dashboard import loader
 
@@ -182,6 +184,8 @@ def _preload() -> None:
         log.info("model process ready: %s %s", version.name, version.version)
     except Exception as exc:  # no model yet, registry down: pages explain; predictions retry the load
         log.warning("model not preloaded: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+    finally:
+        done.set()
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -202,7 +206,7 @@ def serve(path: str, parent: int | None = None) -> None:
     if parent:
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    threading.Thread(target=_preload, daemon=True).start()
+    threading.Thread(target=_preload, args=(server.preloaded,), daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
@@ -232,18 +236,22 @@ def spawn(path: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
 
 
-def wait_ready(path: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> bool:
-    """True once the model process answers a ping on ``path`` (False if it exited or ``timeout`` passed)."""
+def wait_ready(path: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 120.0) -> bool:
+    """True once the model process on ``path`` has loaded (or failed to load) the version to serve.
+
+    False if it exited or ``timeout`` passed; pages then show the friendly error until it is up.
+    """
     client = RemoteModel(path, None, timeout=5.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             return False
         try:
-            client.request({"op": "ping"})
-            return True
+            if client.request({"op": "ping"}).get("preloaded"):
+                return True
         except ModelServerError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     return False
 
 

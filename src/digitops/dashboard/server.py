@@ -16,8 +16,8 @@ DEFAULT_HOST = "127.0.0.1"
 CULL_IDLE_TIMEOUT = 60
 CULL_INTERVAL = 10
 #: Most kernels one server runs at once; the next visitor gets a "busy, try again" page.
-#: About 75 MB each (measured, README "The dashboard"), so 40 fit a 4 GiB replica with the model process.
-MAX_KERNELS = 40
+#: About 80 MB each (measured, README "The dashboard"): 60 and the model process fit a 6 GiB replica.
+MAX_KERNELS = 60
 
 
 def voila_command(

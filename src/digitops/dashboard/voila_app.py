@@ -30,7 +30,7 @@ from voila.tornado.kernel_websocket_handler import VoilaKernelWebsocketHandler
 from digitops.dashboard import modelserver
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
-DEFAULT_MAX_KERNELS = 40
+DEFAULT_MAX_KERNELS = 60
 
 BUSY_HTML = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Busy</title></head>
@@ -107,7 +107,8 @@ class DigitopsVoila(Voila):
         path = os.path.join(self._model_dir, "model.sock")
         os.environ[modelserver.SOCKET_ENV] = path  # kernels inherit the server's environment
         self._model_proc = modelserver.spawn(path)
-        if not modelserver.wait_ready(path, self._model_proc, timeout=60):
+        # Listen only once the model is loaded: a readiness probe that answers means a first Predict is fast.
+        if not modelserver.wait_ready(path, self._model_proc):
             self.log.error("the model process did not start; pages will show an error until it does")
         # Restart it if it dies: kernels get a friendly error meanwhile, never a hang.
         ioloop.PeriodicCallback(lambda: self._watch_model(path), 2000).start()
