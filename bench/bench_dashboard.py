@@ -181,16 +181,6 @@ def browser(root: Path, clicks: int = 20, loads: int = 3) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- load and abuse
 
 
-def _pss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def _memory(srv: Any) -> dict[str, float]:
     """Server, model process and kernels' memory (MB) right now."""
     import browser as harness
@@ -207,7 +197,7 @@ def _memory(srv: Any) -> dict[str, float]:
         "kernels": len(kernels),
         "kernels_mb": sum(kernel_rss),
         "kernel_mean_rss_mb": (sum(kernel_rss) / len(kernel_rss)) if kernel_rss else 0.0,
-        "kernel_mean_pss_mb": (sum(_pss_mb(p) for p in kernels) / len(kernels)) if kernels else 0.0,
+        "kernel_mean_pss_mb": (sum(harness.rss_mb(p, "Pss:", "smaps_rollup") for p in kernels) / len(kernels)) if kernels else 0.0,
         "total_mb": server_rss + model_rss + sum(kernel_rss),
     }
 

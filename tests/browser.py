@@ -172,11 +172,11 @@ class VoilaServer:
         self.stop()
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MB (0 when it is gone)."""
+def rss_mb(pid: int, field: str = "VmRSS:", source: str = "status") -> float:
+    """Resident memory of a process in MB (0 when it is gone); ``rss_mb(pid, "Pss:", "smaps_rollup")`` for PSS."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{source}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
