@@ -500,6 +500,19 @@ def test_k8s_deployment_is_replicated_probed_and_sticky():
     assert all((REPO / "deploy" / "k8s" / r).is_file() for r in kustomization["resources"])
 
 
+def test_k8s_memory_fits_a_full_replica_and_the_request_its_fixed_costs():
+    """A replica at the kernel cap must fit its memory limit (or the pod is OOM-killed, every visitor with it)."""
+    container = {d["kind"]: d for d in _manifests()}["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    mib = {"Mi": 1, "Gi": 1024}
+
+    def size_mb(text: str) -> float:
+        return float(text[:-2]) * mib[text[-2:]] * 1.048576
+
+    full = server.MAX_KERNELS * server.SESSION_MB + server.MODEL_PROCESS_MB + server.SERVER_MB
+    assert size_mb(container["resources"]["limits"]["memory"]) >= full
+    assert size_mb(container["resources"]["requests"]["memory"]) >= server.MODEL_PROCESS_MB + server.SERVER_MB
+
+
 def test_dockerfile_references_existing_files_and_serves_the_dashboard():
     text = (REPO / "deploy" / "Dockerfile").read_text()
     assert re.search(r"^FROM python:", text, re.M) and re.search(r"^ARG PYTHON_VERSION=", text, re.M)

@@ -18,6 +18,9 @@ CULL_INTERVAL = 10
 #: Most kernels one server runs at once; the next visitor gets a "busy, try again" page.
 #: About 80 MB each (measured, README "The dashboard"): 60 and the model process fit a 6 GiB replica.
 MAX_KERNELS = 60
+#: Measured memory (MB, bench/bench_dashboard.py): a visitor's kernel, the model process, the Voila server.
+#: deploy/k8s sizes a replica from these (tests/test_dashboard.py checks it).
+SESSION_MB, MODEL_PROCESS_MB, SERVER_MB = 80, 800, 200
 
 
 def voila_command(
