@@ -378,6 +378,20 @@ def test_model_process_predicts_like_the_kernel_did(model_server, monkeypatch):
     assert isinstance(modelserver.client_from_env(mv), modelserver.RemoteModel)
 
 
+def test_model_process_answers_many_kernels_at_once(model_server):
+    """Fifty visitors pressing Predict together: none may be refused (the default backlog of 5 refused some)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from digitops.dashboard import modelserver
+
+    path, mv = model_server
+    remote = modelserver.RemoteModel(path, mv)
+    remote.predict(np.zeros((28, 28), np.uint8))  # loaded once
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(lambda _i: remote.predict(np.full((28, 28), 7, np.uint8)).shape, range(256)))
+    assert results == [(10,)] * 256
+
+
 def test_model_process_serves_only_cached_registered_versions(model_server, tiny_models):
     from digitops.dashboard import modelserver
     from digitops.registry.base import ModelVersion

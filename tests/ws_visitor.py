@@ -66,7 +66,9 @@ class Visitor:
     async def load(self) -> str:
         """GET the page; its kernel id (VisitorError if the server answered something else)."""
         try:
-            resp = await AsyncHTTPClient().fetch(self.base_url, request_timeout=self.timeout)
+            # Tornado's client queues requests past max_clients (default 10) and times them out (599).
+            client = AsyncHTTPClient(force_instance=True, max_clients=1000)
+            resp = await client.fetch(self.base_url, request_timeout=self.timeout, connect_timeout=self.timeout)
         except HTTPClientError as exc:
             self.status = exc.code
             self.page = exc.response.body.decode(errors="replace") if exc.response else ""

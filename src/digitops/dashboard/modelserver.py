@@ -135,6 +135,9 @@ class ModelServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """Serves predictions of the registered, checksum-verified model versions in the model cache."""
 
     daemon_threads = True
+    # Every visitor may press Predict at once: with the default backlog of 5, a kernel's connect
+    # to a busy server fails at once (EAGAIN on a unix socket with a timeout) instead of queueing.
+    request_queue_size = 256
 
     def __init__(self, path: str) -> None:
         super().__init__(path, _Handler)
