@@ -21,6 +21,7 @@ import sys
 import tempfile
 from typing import Any
 
+from jupyter_core.utils import ensure_async
 from tornado import ioloop
 from traitlets import Bool, Int
 from voila.app import Voila
@@ -42,14 +43,46 @@ BUSY_HTML = """<!doctype html>
 """
 
 
+class _Reserved:
+    """The kernel manager as one page's handler sees it: starting its kernel ends its reservation."""
+
+    def __init__(self, manager: Any, release: Any) -> None:
+        self._manager, self._release = manager, release
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)
+
+    async def start_kernel(self, **kwargs: Any) -> Any:
+        try:
+            return await ensure_async(self._manager.start_kernel(**kwargs))
+        finally:
+            self._release()  # from here the kernel is listed by the manager, or failed to start
+
+
 class CappedVoilaHandler(TornadoVoilaHandler):
-    """The page: a kernel per visitor while fewer than ``max_kernels`` run, else the busy page."""
+    """The page: a kernel per visitor while fewer than ``max_kernels`` run, else the busy page.
+
+    A page holds a reservation from the check until its kernel is started
+    (rendering awaits several things first), so concurrent visitors cannot
+    overshoot the cap, and a started kernel is counted once.
+    """
+
+    _reserved = False
+
+    @property
+    def kernel_manager(self) -> Any:  # type: ignore[override]
+        manager = super().kernel_manager
+        return _Reserved(manager, self._release) if self._reserved else manager
+
+    def _release(self) -> None:
+        if self._reserved:
+            self._reserved = False
+            self.settings["digitops_pages"]["starting"] -= 1
 
     async def get(self, path: str | None = None) -> None:
         pages = self.settings["digitops_pages"]
         cap = int(self.settings.get("digitops_max_kernels") or 0)
-        # Pages being rendered count too: their kernels may not be listed yet.
-        in_use = len(self.kernel_manager.list_kernel_ids()) + pages["starting"]
+        in_use = len(super().kernel_manager.list_kernel_ids()) + pages["starting"]
         if cap and in_use >= cap:
             self.log.warning("busy: %d kernels running or starting (limit %d); sent the busy page", in_use, cap)
             self.set_status(503)
@@ -58,10 +91,11 @@ class CappedVoilaHandler(TornadoVoilaHandler):
             self.finish(BUSY_HTML)
             return
         pages["starting"] += 1
+        self._reserved = True
         try:
             await super().get(path)
         finally:
-            pages["starting"] -= 1
+            self._release()  # a preheated page, or one that failed before starting a kernel
 
 
 class V1OnlyWebsocketHandler(VoilaKernelWebsocketHandler):
