@@ -276,6 +276,7 @@ def load(root: Path, visitors: int = 50, seconds: float = 120.0) -> dict[str, An
         connected_at = asyncio.run(main())
         stop.set()
         sampler.join()
+        busy_log = [line for line in srv.log_path.read_text(errors="replace").splitlines() if "busy:" in line]
     peak = max(samples, key=lambda s: s["total_mb"]) if samples else {}
     return {
         "visitors": visitors,
@@ -285,6 +286,7 @@ def load(root: Path, visitors: int = 50, seconds: float = 120.0) -> dict[str, An
         "round_trip_ms": _stats(trips) if trips else {},
         "errors": len(errors),
         "error_examples": sorted(set(errors))[:5],
+        "busy_pages_logged": busy_log[:5],
         "peak": peak,
         "memory_over_time": samples,
     }

@@ -58,6 +58,13 @@ class _Reserved:
         finally:
             self._release()  # from here the kernel is listed by the manager, or failed to start
 
+    async def get_rendered_notebook(self, *args: Any, **kwargs: Any) -> Any:
+        # A preheated kernel is listed already; the page may still wait for its rendering.
+        try:
+            return await self._manager.get_rendered_notebook(*args, **kwargs)
+        finally:
+            self._release()
+
 
 class CappedVoilaHandler(TornadoVoilaHandler):
     """The page: a kernel per visitor while fewer than ``max_kernels`` run, else the busy page.
