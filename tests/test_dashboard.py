@@ -882,3 +882,29 @@ def test_ws_stopping_the_server_leaves_no_process(tmp_path, tiny_models, sig):
         while any(alive(p) for p in children) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not [children[p] for p in children if alive(p)]
+
+
+@pytest.mark.slow
+def test_ws_a_broken_registry_page_has_the_notice_and_no_traceback(tmp_path):
+    """What the kernel logs while rendering the page (a traceback naming server paths) stays in the server log."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "registry.db").write_bytes(b"this is not a database" * 100)
+    env = browser.isolated_env(tmp_path, DIGITOPS_HOME=str(tmp_path / "home"), DIGITOPS_RUNS=str(tmp_path / "runs"))
+    env = server.server_env(tmp_path, env)
+
+    async def visit(url):
+        visitor = ws_visitor.Visitor(url)
+        await visitor.load()
+        await visitor.connect()
+        await visitor.drain(2.0)
+        visitor.close()
+        return visitor
+
+    with browser.VoilaServer(tmp_path, env) as srv:
+        visitor = _ws(visit, srv.url)
+        log = srv.log()
+    seen = visitor.page + "\n".join(visitor.received)
+    assert "The model could not be loaded" in seen
+    for leak in ("Traceback", str(tmp_path), "site-packages", "DatabaseError"):
+        assert leak not in seen, leak
+    assert "could not fetch the model" in log and "Traceback" in log
