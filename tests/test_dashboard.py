@@ -908,3 +908,36 @@ def test_ws_a_broken_registry_page_has_the_notice_and_no_traceback(tmp_path):
     for leak in ("Traceback", str(tmp_path), "site-packages", "DatabaseError"):
         assert leak not in seen, leak
     assert "could not fetch the model" in log and "Traceback" in log
+
+
+@pytest.mark.slow
+def test_ws_kernel_cap_counts_a_rendering_page_once(tmp_path, tiny_models):
+    """A page whose kernel has started but which is still rendering must not count twice toward the cap."""
+    import asyncio
+
+    SqliteRegistry(tmp_path / "home" / "registry.db", tmp_path / "home" / "models").register(
+        NAME, tiny_models[0], "run-cap2", status="production"
+    )
+    env = browser.isolated_env(tmp_path, DIGITOPS_HOME=str(tmp_path / "home"), DIGITOPS_RUNS=str(tmp_path / "runs"))
+    env = server.server_env(tmp_path, env)
+
+    async def two(srv):
+        from tornado.httpclient import AsyncHTTPClient
+
+        started = asyncio.Event()
+        body = []
+
+        def chunk(data):
+            body.append(data)
+            if b"kernelId" in b"".join(body):
+                started.set()  # the page names its kernel: it runs, and the page is still rendering
+
+        client = AsyncHTTPClient(force_instance=True)
+        first = asyncio.ensure_future(client.fetch(srv.url, streaming_callback=chunk, request_timeout=120))
+        await asyncio.wait_for(started.wait(), 120)
+        second = ws_visitor.Visitor(srv.url)
+        await second.load()
+        return (await first).code, second.status
+
+    with browser.VoilaServer(tmp_path, env, max_kernels=2) as srv:
+        assert _ws(two, srv) == (200, 200), srv.log()
