@@ -720,15 +720,20 @@ def _ws(coro_fn, *args):
         return pool.submit(asyncio.run, coro_fn(*args)).result()
 
 
+def _served(root: Path, model_file: Path, run_id: str) -> dict:
+    """Register ``model_file`` as production under ``root`` and return the dashboard server's environment."""
+    SqliteRegistry(root / "home" / "registry.db", root / "home" / "models").register(
+        NAME, model_file, run_id, status="production"
+    )
+    env = browser.isolated_env(root, DIGITOPS_HOME=str(root / "home"), DIGITOPS_RUNS=str(root / "runs"))
+    return server.server_env(root, env)
+
+
 @pytest.fixture(scope="module")
 def ws_server(tmp_path_factory, tiny_models):
     """The dashboard server (model process, limits) serving an untrained model: behaviour, not accuracy."""
     root = tmp_path_factory.mktemp("ws")
-    SqliteRegistry(root / "home" / "registry.db", root / "home" / "models").register(
-        NAME, tiny_models[0], "run-ws", status="production"
-    )
-    env = browser.isolated_env(root, DIGITOPS_HOME=str(root / "home"), DIGITOPS_RUNS=str(root / "runs"))
-    env = server.server_env(root, env)
+    env = _served(root, tiny_models[0], "run-ws")
     with browser.VoilaServer(root, env, cull_idle_timeout=5, cull_interval=1, max_kernels=6) as srv:
         yield srv
 
@@ -822,11 +827,7 @@ def test_ws_a_forced_error_shows_the_friendly_message_and_nothing_internal(ws_se
 def test_ws_kernel_cap_gives_a_busy_page_and_culled_kernels_free_slots(tmp_path, tiny_models):
     import asyncio
 
-    SqliteRegistry(tmp_path / "home" / "registry.db", tmp_path / "home" / "models").register(
-        NAME, tiny_models[0], "run-cap", status="production"
-    )
-    env = browser.isolated_env(tmp_path, DIGITOPS_HOME=str(tmp_path / "home"), DIGITOPS_RUNS=str(tmp_path / "runs"))
-    env = server.server_env(tmp_path, env)
+    env = _served(tmp_path, tiny_models[0], "run-cap")
 
     async def loads(url, n):
         visitors = [ws_visitor.Visitor(url) for _ in range(n)]
@@ -857,11 +858,7 @@ def test_ws_stopping_the_server_leaves_no_process(tmp_path, tiny_models, sig):
     import os
     import signal
 
-    SqliteRegistry(tmp_path / "home" / "registry.db", tmp_path / "home" / "models").register(
-        NAME, tiny_models[0], "run-stop", status="production"
-    )
-    env = browser.isolated_env(tmp_path, DIGITOPS_HOME=str(tmp_path / "home"), DIGITOPS_RUNS=str(tmp_path / "runs"))
-    env = server.server_env(tmp_path, env)
+    env = _served(tmp_path, tiny_models[0], "run-stop")
     with browser.VoilaServer(tmp_path, env) as srv:
         results, _v = _ws(_visit, srv.url, [ws_visitor.drawn_png(1)])
         assert results[0][0]["state"] == "prediction"
@@ -915,11 +912,7 @@ def test_ws_kernel_cap_counts_a_rendering_page_once(tmp_path, tiny_models):
     """A page whose kernel has started but which is still rendering must not count twice toward the cap."""
     import asyncio
 
-    SqliteRegistry(tmp_path / "home" / "registry.db", tmp_path / "home" / "models").register(
-        NAME, tiny_models[0], "run-cap2", status="production"
-    )
-    env = browser.isolated_env(tmp_path, DIGITOPS_HOME=str(tmp_path / "home"), DIGITOPS_RUNS=str(tmp_path / "runs"))
-    env = server.server_env(tmp_path, env)
+    env = _served(tmp_path, tiny_models[0], "run-cap2")
 
     async def two(srv):
         from tornado.httpclient import AsyncHTTPClient
