@@ -4,7 +4,7 @@ Sections (each module has run() -> dict and table(dict) -> str):
   notebook   plain script vs `digitops run train` on the same training (ratio, fixed cost)
   training   images/s per architecture; time to 99.0/99.3/99.5 % validation accuracy (full profile)
   pipeline   MR feedback latency: the CI profile's train + evaluate + compare + report
-  dashboard  server-side inference latency, page-to-canvas, Predict round trip
+  dashboard  server-side inference latency, page-to-canvas, Predict round trip; 50 visitors for 2 min, abuse
   compare    compare/list with 10 .. 10,000 stored runs; compare against 1,000 Comet experiments
 
     python bench/run.py [--only notebook,compare] [--quick]
@@ -41,7 +41,7 @@ def _run_section(name: str, quick: bool) -> tuple[dict, str]:
     if quick and name == "pipeline":
         kwargs = {"profile": "quick"}
     if quick and name == "dashboard":
-        kwargs = {"inference_n": 50, "clicks": 5, "loads": 1}
+        kwargs = {"inference_n": 50, "clicks": 5, "loads": 1, "visitors": 5, "seconds": 15}
     if quick and name == "compare":
         kwargs = {"sizes": (10, 100, 1000), "repeats": 3, "comet_experiments": 100}
     result = mod.run(**kwargs)

@@ -88,6 +88,7 @@ class VoilaServer:
         log_path: Path | None = None,
         cull_idle_timeout: int = server.CULL_IDLE_TIMEOUT,
         cull_interval: int = server.CULL_INTERVAL,
+        max_kernels: int = server.MAX_KERNELS,
     ) -> None:
         self.root_dir = Path(root_dir)
         self.port = free_port()
@@ -105,6 +106,7 @@ class VoilaServer:
             runs_dir=Path(env["DIGITOPS_RUNS"]),
             cull_idle_timeout=cull_idle_timeout,
             cull_interval=cull_interval,
+            max_kernels=max_kernels,
         )
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -139,6 +141,20 @@ class VoilaServer:
         except OSError:
             return ""
 
+    def processes(self) -> dict[int, str]:
+        """The server's child processes (model process, kernels): pid -> command line."""
+        assert self.proc is not None
+        out = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.proc.pid:
+                    pid = int(stat.parent.name)
+                    out[pid] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+        return out
+
     def stop(self) -> None:
         """Stop Voila and its kernels."""
         if self.proc is not None and self.proc.poll() is None:
@@ -154,6 +170,17 @@ class VoilaServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def rss_mb(pid: int, field: str = "VmRSS:", source: str = "status") -> float:
+    """Resident memory of a process in MB (0 when it is gone); ``rss_mb(pid, "Pss:", "smaps_rollup")`` for PSS."""
+    try:
+        for line in Path(f"/proc/{pid}/{source}").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def launch_chromium(playwright: Any) -> Any:

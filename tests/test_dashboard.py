@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
 import browser
+import ws_visitor
 from digitops.dashboard import loader, server
 from digitops.registry.base import RegistryError, sha256_file
 from digitops.registry.sqlite import SqliteRegistry
@@ -197,8 +198,57 @@ def test_app_predicts_the_drawn_image(digit_app):
     assert f'data-digit="{digit}"' in digit_app.result.value
     probs = [float(p) for p in re.findall(r'data-p="([0-9.]+)"', digit_app.bars.value)]
     assert len(probs) == 10 and abs(sum(probs) - 1) < 1e-3 and int(np.argmax(probs)) == digit
-    seen = np.asarray(Image.open(io.BytesIO(digit_app.seen.value)))
+    seen = np.asarray(Image.open(io.BytesIO(_seen_png(digit_app.seen.value))))
     assert seen.shape == (28, 28) and seen.max() == 255
+
+
+def _seen_png(value: str) -> bytes:
+    import base64
+
+    match = re.search(r'<img class="dg-seen-img"[^>]* src="data:image/png;base64,([A-Za-z0-9+/=]+)"', value)
+    assert match, value
+    return base64.b64decode(match.group(1))
+
+
+def _widget_buffers(widget) -> list:
+    """The binary buffers a widget's state would send to the browser."""
+    from ipywidgets.widgets.widget import _remove_buffers
+
+    _state, _paths, buffers = _remove_buffers(widget.get_state())
+    return buffers
+
+
+def test_app_sends_no_binary_buffers_to_the_browser(digit_app):
+    """Voila 0.5 grows without bound on a binary message to a legacy-protocol client: send none."""
+    digit_app.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(drawn_png([[(0.5, 0.2), (0.5, 0.8)]]))])
+    assert digit_app.predict() is not None
+    widgets = [digit_app.seen, digit_app.result, digit_app.bars, digit_app.card, digit_app.canvas]
+    assert all(_widget_buffers(wd) == [] for wd in widgets)
+    assert len(_seen_png(digit_app.seen.value)) > 60
+
+
+@pytest.mark.parametrize(
+    "png, message",
+    [
+        (lambda: _png(Image.new("RGBA", (10000, 10000))), "10000x10000 pixels; at most 1024x1024"),
+        (lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * (3 * 2**20), "at most 2 MB"),
+        (lambda: b"not an image at all", "could not decode"),
+    ],
+)
+def test_app_refuses_huge_or_broken_images_with_a_message(digit_app, png, message):
+    digit_app.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(png())])
+    assert digit_app.predict() is None
+    assert 'data-state="invalid"' in digit_app.result.value and message in digit_app.result.value
+    assert "Traceback" not in digit_app.result.value
+    # The next drawing still works.
+    digit_app.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(drawn_png([[(0.5, 0.2), (0.5, 0.8)]]))])
+    assert digit_app.predict() is not None
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def test_app_empty_canvas_shows_message_not_prediction(digit_app):
@@ -293,6 +343,79 @@ def test_build_with_broken_registry_hides_details_from_visitors(home, capsys):
     assert "Traceback" not in page.value and str(home) not in page.value
 
 
+# ----------------------------------------------------------------------------- model process
+
+
+@pytest.fixture
+def model_server(home, tiny_models, tmp_path):
+    """The model process's server in a thread, on a socket in tmp_path, with one cached production version."""
+    import threading
+
+    from digitops.dashboard import modelserver
+
+    reg = SqliteRegistry()
+    mv = reg.register(NAME, tiny_models[0], "run-m", status="production")
+    loader.fetch(mv, reg)
+    path = str(tmp_path / "m.sock")
+    srv = modelserver.ModelServer(path)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    yield path, mv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_model_process_predicts_like_the_kernel_did(model_server, monkeypatch):
+    from digitops.dashboard import modelserver
+
+    path, mv = model_server
+    image = np.zeros((28, 28), np.uint8)
+    image[6:22, 12:16] = 255
+    remote = modelserver.RemoteModel(path, mv)
+    expected = loader.predict(loader.load_file(mv, loader.cache_path(NAME, mv.version)), image)
+    assert np.allclose(loader.predict(remote, image), expected, atol=1e-5)
+    monkeypatch.setenv(modelserver.SOCKET_ENV, path)
+    assert isinstance(modelserver.client_from_env(mv), modelserver.RemoteModel)
+
+
+def test_model_process_answers_many_kernels_at_once(model_server):
+    """Fifty visitors pressing Predict together: none may be refused (the default backlog of 5 refused some)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from digitops.dashboard import modelserver
+
+    path, mv = model_server
+    remote = modelserver.RemoteModel(path, mv)
+    remote.predict(np.zeros((28, 28), np.uint8))  # loaded once
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(lambda _i: remote.predict(np.full((28, 28), 7, np.uint8)).shape, range(256)))
+    assert results == [(10,)] * 256
+
+
+def test_model_process_serves_only_cached_registered_versions(model_server, tiny_models):
+    from digitops.dashboard import modelserver
+    from digitops.registry.base import ModelVersion
+
+    path, mv = model_server
+    forged = ModelVersion(**{**mv.to_dict(), "sha256": sha256_file(tiny_models[1])})
+    with pytest.raises(modelserver.ModelServerError, match="not in the model cache"):
+        modelserver.RemoteModel(path, forged).predict(np.zeros((28, 28), np.uint8))
+    loader.cache_path(NAME, mv.version).write_bytes(Path(tiny_models[1]).read_bytes())  # swapped on disk
+    loader._LOADED.clear()
+    with pytest.raises(modelserver.ModelServerError, match="ChecksumError"):
+        modelserver.RemoteModel(path, mv).predict(np.zeros((28, 28), np.uint8))
+    with pytest.raises(modelserver.ModelServerError, match="over the"):
+        modelserver.RemoteModel(path, mv).request({"op": "ping", "junk": "x" * (modelserver.MAX_REQUEST + 1)})
+
+
+def test_model_process_gone_is_an_error_not_a_hang(tmp_path):
+    from digitops.dashboard import modelserver
+
+    remote = modelserver.RemoteModel(str(tmp_path / "nobody.sock"), None)
+    with pytest.raises(modelserver.ModelServerError, match="model process"):
+        remote.request({"op": "ping"})
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -302,12 +425,14 @@ def test_cli_dry_run_binds_loopback_and_hides_tracebacks(home):
     res = CliRunner().invoke(cli, ["dashboard", "--dry-run", "--port", "9123"])
     assert res.exit_code == 0, res.output
     args = shlex.split(res.output.strip())
-    assert args[1:3] == ["-m", "voila"] and args[3].endswith("dashboards/digits.ipynb")
+    assert args[1:3] == ["-m", "digitops.dashboard.voila_app"] and args[3].endswith("dashboards/digits.ipynb")
     for flag in (
         "--port=9123",
         "--Voila.ip=127.0.0.1",
         "--show_tracebacks=False",
-        "--MappingKernelManager.cull_idle_timeout=600",
+        "--MappingKernelManager.cull_idle_timeout=60",
+        "--MappingKernelManager.cull_connected=False",
+        "--DigitopsVoila.max_kernels=60",
         "--no-browser",
     ):
         assert flag in args
@@ -387,6 +512,19 @@ def test_k8s_deployment_is_replicated_probed_and_sticky():
     assert svc["spec"]["sessionAffinity"] == "ClientIP"  # a page's websocket must reach its kernel
     kustomization = yaml.safe_load((REPO / "deploy" / "k8s" / "kustomization.yaml").read_text())
     assert all((REPO / "deploy" / "k8s" / r).is_file() for r in kustomization["resources"])
+
+
+def test_k8s_memory_fits_a_full_replica_and_the_request_its_fixed_costs():
+    """A replica at the kernel cap must fit its memory limit (or the pod is OOM-killed, every visitor with it)."""
+    container = {d["kind"]: d for d in _manifests()}["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    mib = {"Mi": 1, "Gi": 1024}
+
+    def size_mb(text: str) -> float:
+        return float(text[:-2]) * mib[text[-2:]] * 1.048576
+
+    full = server.MAX_KERNELS * server.SESSION_MB + server.MODEL_PROCESS_MB + server.SERVER_MB
+    assert size_mb(container["resources"]["limits"]["memory"]) >= full
+    assert size_mb(container["resources"]["requests"]["memory"]) >= server.MODEL_PROCESS_MB + server.SERVER_MB
 
 
 def test_dockerfile_references_existing_files_and_serves_the_dashboard():
@@ -568,3 +706,231 @@ def test_browser_without_a_model_the_page_explains_and_idle_kernels_are_culled(t
         while not culled.search(srv.log()) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert culled.search(srv.log()), srv.log()
+
+
+# ----------------------------------------------------------------------------- load and abuse (real websocket protocol)
+
+
+def _ws(coro_fn, *args):
+    """Run a visitor coroutine on its own loop (in a thread: a test may already be inside one)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro_fn(*args)).result()
+
+
+def _served(root: Path, model_file: Path, run_id: str) -> dict:
+    """Register ``model_file`` as production under ``root`` and return the dashboard server's environment."""
+    SqliteRegistry(root / "home" / "registry.db", root / "home" / "models").register(
+        NAME, model_file, run_id, status="production"
+    )
+    env = browser.isolated_env(root, DIGITOPS_HOME=str(root / "home"), DIGITOPS_RUNS=str(root / "runs"))
+    return server.server_env(root, env)
+
+
+@pytest.fixture(scope="module")
+def ws_server(tmp_path_factory, tiny_models):
+    """The dashboard server (model process, limits) serving an untrained model: behaviour, not accuracy."""
+    root = tmp_path_factory.mktemp("ws")
+    env = _served(root, tiny_models[0], "run-ws")
+    with browser.VoilaServer(root, env, cull_idle_timeout=5, cull_interval=1, max_kernels=6) as srv:
+        yield srv
+
+
+def _model_process(srv) -> int:
+    pids = [pid for pid, cmd in srv.processes().items() if "digitops.dashboard.modelserver" in cmd]
+    assert len(pids) == 1, srv.processes()
+    return pids[0]
+
+
+async def _visit(url, pngs, subprotocol=ws_visitor.V1, linger=0.0):
+    visitor = ws_visitor.Visitor(url)
+    await visitor.load()
+    await visitor.connect(subprotocol)
+    try:
+        results = [await visitor.predict(png) for png in pngs]
+        await visitor.drain(linger)
+        return results, visitor
+    finally:
+        visitor.close()
+
+
+@pytest.mark.slow
+def test_ws_kernels_are_thin_and_predict_through_the_model_process(ws_server):
+    results, visitor = _ws(_visit, ws_server.url, [ws_visitor.drawn_png(1), ws_visitor.drawn_png(7)])
+    assert [r["state"] for r, _ms in results] == ["prediction", "prediction"]
+    kernels = [pid for pid, cmd in ws_server.processes().items() if "ipykernel" in cmd]
+    assert kernels
+    # No TensorFlow in a visitor's kernel (it was ~0.5 GB with it); the model process holds it once.
+    for pid in kernels:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "tensorflow" not in maps and browser.rss_mb(pid) < 200
+    assert "tensorflow" in Path(f"/proc/{_model_process(ws_server)}/maps").read_text()
+
+
+@pytest.mark.slow
+def test_ws_legacy_protocol_is_refused_and_the_page_still_works(ws_server):
+    """Voila 0.5 parses a binary message to a legacy client as v1 and grows without bound (~48 MB/s)."""
+    from tornado.websocket import WebSocketError
+
+    with pytest.raises((WebSocketError, Exception)) as err:
+        _ws(_visit, ws_server.url, [ws_visitor.drawn_png(1)], None)
+    assert "400" in str(err.value)
+    assert "refused a kernel websocket without the v1.kernel.websocket.jupyter.org subprotocol" in ws_server.log()
+    results, _v = _ws(_visit, ws_server.url, [ws_visitor.drawn_png(1)])
+    assert results[0][0]["state"] == "prediction"
+
+
+@pytest.mark.slow
+def test_ws_hostile_images_get_a_message_and_the_kernel_stays_small(ws_server):
+    big = io.BytesIO()
+    Image.new("RGBA", (10000, 10000)).save(big, "PNG")  # 0.4 MB that decodes to 400 MB (3 GB as floats)
+    results, visitor = _ws(_visit, ws_server.url, [big.getvalue(), b"\x89PNG garbage", ws_visitor.drawn_png(1)])
+    assert [r["state"] for r, _ms in results] == ["invalid", "invalid", "prediction"]
+    assert "at most 1024x1024" in results[0][0]["html"]
+    assert browser.rss_mb(next(p for p, c in ws_server.processes().items() if visitor.kernel_id in c)) < 200
+
+
+@pytest.mark.slow
+def test_ws_a_forced_error_shows_the_friendly_message_and_nothing_internal(ws_server):
+    import os
+    import signal
+
+    record = ws_server.root_dir / "home" / "model-cache" / NAME / "0.1.0" / "version.json"
+    good = record.read_bytes()
+    record.write_text("{damaged")  # the model process refuses: its error names server paths
+    try:
+        # Linger: ipykernel forwards what reaches the kernel's stderr a moment later.
+        results, visitor = _ws(_visit, ws_server.url, [ws_visitor.drawn_png(1)], ws_visitor.V1, 3.0)
+    finally:
+        record.write_bytes(good)
+    assert results[0][0]["state"] == "error" and "Sorry, that prediction failed" in results[0][0]["html"]
+    sent = "\n".join(visitor.received)
+    for leak in ("Traceback", "ModelServerError", "version.json", str(ws_server.root_dir), "site-packages", "File \\\""):
+        assert leak not in sent, leak
+    log = ws_server.log()
+    assert "prediction failed" in log and "Traceback" in log and "version.json" in log  # the server's log has it
+    # A dead model process is restarted by the server; pages work again.
+    os.kill(_model_process(ws_server), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while True:
+        results, _v = _ws(_visit, ws_server.url, [ws_visitor.drawn_png(1)])
+        if results[0][0]["state"] == "prediction" or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert results[0][0]["state"] == "prediction"
+    assert "the model process exited with -9; restarting it" in ws_server.log()
+
+
+@pytest.mark.slow
+def test_ws_kernel_cap_gives_a_busy_page_and_culled_kernels_free_slots(tmp_path, tiny_models):
+    import asyncio
+
+    env = _served(tmp_path, tiny_models[0], "run-cap")
+
+    async def loads(url, n):
+        visitors = [ws_visitor.Visitor(url) for _ in range(n)]
+        got = await asyncio.gather(*(v.load() for v in visitors), return_exceptions=True)
+        return visitors, got
+
+    with browser.VoilaServer(tmp_path, env, cull_idle_timeout=3, cull_interval=1, max_kernels=3) as srv:
+        # Many page loads that never draw (nor open a websocket): three kernels, then busy pages.
+        visitors, got = _ws(loads, srv.url, 6)
+        assert sum(isinstance(g, str) for g in got) == 3, got
+        busy = [v for v in visitors if v.status == 503]
+        assert len(busy) == 3 and all("busy" in v.page and "try again" in v.page for v in busy)
+        assert "Traceback" not in busy[0].page
+        assert sum("ipykernel" in c for c in srv.processes().values()) == 3
+        # Kernels without a page connected are culled within seconds here (60 s by default)...
+        deadline = time.monotonic() + 60
+        while sum("ipykernel" in c for c in srv.processes().values()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert sum("ipykernel" in c for c in srv.processes().values()) == 0, srv.log()
+        # ...and the next visitor gets a working page.
+        results, _v = _ws(_visit, srv.url, [ws_visitor.drawn_png(1)])
+        assert results[0][0]["state"] == "prediction"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_ws_stopping_the_server_leaves_no_process(tmp_path, tiny_models, sig):
+    import os
+    import signal
+
+    env = _served(tmp_path, tiny_models[0], "run-stop")
+    with browser.VoilaServer(tmp_path, env) as srv:
+        results, _v = _ws(_visit, srv.url, [ws_visitor.drawn_png(1)])
+        assert results[0][0]["state"] == "prediction"
+        children = srv.processes()
+        assert any("modelserver" in c for c in children.values()) and any("ipykernel" in c for c in children.values())
+        srv.proc.send_signal(getattr(signal, sig))
+        srv.proc.wait(timeout=30)
+
+        def alive(pid):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
+            return " Z " not in stat  # a zombie is gone, only not yet reaped by init
+
+        deadline = time.monotonic() + 30
+        while any(alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [children[p] for p in children if alive(p)]
+
+
+@pytest.mark.slow
+def test_ws_a_broken_registry_page_has_the_notice_and_no_traceback(tmp_path):
+    """What the kernel logs while rendering the page (a traceback naming server paths) stays in the server log."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "registry.db").write_bytes(b"this is not a database" * 100)
+    env = browser.isolated_env(tmp_path, DIGITOPS_HOME=str(tmp_path / "home"), DIGITOPS_RUNS=str(tmp_path / "runs"))
+    env = server.server_env(tmp_path, env)
+
+    async def visit(url):
+        visitor = ws_visitor.Visitor(url)
+        await visitor.load()
+        await visitor.connect()
+        await visitor.drain(2.0)
+        visitor.close()
+        return visitor
+
+    with browser.VoilaServer(tmp_path, env) as srv:
+        visitor = _ws(visit, srv.url)
+        log = srv.log()
+    seen = visitor.page + "\n".join(visitor.received)
+    assert "The model could not be loaded" in seen
+    for leak in ("Traceback", str(tmp_path), "site-packages", "DatabaseError"):
+        assert leak not in seen, leak
+    assert "could not fetch the model" in log and "Traceback" in log
+
+
+@pytest.mark.slow
+def test_ws_kernel_cap_counts_a_rendering_page_once(tmp_path, tiny_models):
+    """A page whose kernel has started but which is still rendering must not count twice toward the cap."""
+    import asyncio
+
+    env = _served(tmp_path, tiny_models[0], "run-cap2")
+
+    async def two(srv):
+        from tornado.httpclient import AsyncHTTPClient
+
+        started = asyncio.Event()
+        body = []
+
+        def chunk(data):
+            body.append(data)
+            if b"kernelId" in b"".join(body):
+                started.set()  # the page names its kernel: it runs, and the page is still rendering
+
+        client = AsyncHTTPClient(force_instance=True)
+        first = asyncio.ensure_future(client.fetch(srv.url, streaming_callback=chunk, request_timeout=120))
+        await asyncio.wait_for(started.wait(), 120)
+        second = ws_visitor.Visitor(srv.url)
+        await second.load()
+        return (await first).code, second.status
+
+    with browser.VoilaServer(tmp_path, env, max_kernels=2) as srv:
+        assert _ws(two, srv) == (200, 200), srv.log()

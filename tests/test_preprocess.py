@@ -130,3 +130,38 @@ def test_to_png_round_trip_and_scale():
     assert np.array_equal(back, img)
     big = Image.open(io.BytesIO(to_png(img, scale=5)))
     assert big.size == (140, 140)
+
+
+def test_huge_images_are_refused_before_decoding(monkeypatch):
+    """A 0.4 MB PNG of 10000x10000 pixels would decode to 400 MB (and cost a 3 GB kernel)."""
+    big = Image.new("RGBA", (10000, 10000))
+    data = io.BytesIO()
+    big.save(data, "PNG")
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size))
+    with pytest.raises(ValueError, match=r"10000x10000 pixels; at most 1024x1024"):
+        preprocess(data.getvalue())
+    assert decoded == []  # refused from the header alone
+    with pytest.raises(ValueError, match="at most 2 MB"):
+        preprocess(b"\x89PNG\r\n\x1a\n" + bytes(3 * 2**20))
+    with pytest.raises(ValueError, match="at most 1024x1024"):
+        preprocess(Image.new("L", (2000, 10)))
+    with pytest.raises(ValueError, match="at most 1024x1024"):
+        preprocess(np.zeros((5000, 28), np.uint8))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_pixels_are_refused(bad):
+    img = np.zeros((28, 28), np.float32)
+    img[10:18, 12:16] = 200.0
+    img[3, 3] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        preprocess(img)
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (28,), (28, 28, 2), (1, 28, 28, 1), ()])
+def test_odd_shapes_are_refused(shape):
+    with pytest.raises(ValueError, match="2-D|at most"):
+        preprocess(np.ones(shape, np.float32))
+    with pytest.raises(ValueError, match="numbers"):
+        preprocess(np.array([["a", "b"], ["c", "d"]]))

@@ -21,6 +21,9 @@ BOX = 20
 #: Pixels at or below this fraction of full intensity (after polarity fix) are background.
 INK_THRESHOLD = 0.2
 EMPTY_MESSAGE = "The canvas is empty: draw a digit (0-9) with thick strokes, then press Predict."
+#: Larger images are refused before decoding: a 0.4 MB PNG can decode to gigabytes.
+MAX_SIDE = 1024
+MAX_BYTES = 2 * 1024 * 1024
 
 ImageInput = Union[bytes, bytearray, memoryview, np.ndarray, Image.Image]
 
@@ -29,21 +32,38 @@ def to_grayscale(image: ImageInput) -> np.ndarray:
     """Decode PNG bytes, a PIL image or an array into float32 grayscale in [0, 255].
 
     Transparent pixels count as black, because an untouched HTML canvas is
-    transparent and strokes are drawn opaque.
+    transparent and strokes are drawn opaque. Raises ValueError (a message
+    fit for a visitor) for undecodable data, more than ``MAX_BYTES`` of it,
+    more than ``MAX_SIDE`` pixels a side, NaN/inf pixels or an odd shape.
     """
     if isinstance(image, (bytes, bytearray, memoryview)):
+        if len(image) > MAX_BYTES:
+            raise ValueError(f"the image is {len(image) / 2**20:.1f} MB; at most {MAX_BYTES // 2**20} MB is accepted")
         try:
-            image = Image.open(io.BytesIO(bytes(image)))
+            image = Image.open(io.BytesIO(bytes(image)))  # reads the header only
+        except Exception:  # PIL raises several types for bad data
+            raise ValueError("could not decode the image (not a PNG, JPEG or other known format)") from None
+        _check_side(image.width, image.height)
+        try:
             image.load()
-        except Exception as exc:  # PIL raises several types for bad data
-            raise ValueError(f"could not decode the image: {exc}") from None
+        except Exception:
+            raise ValueError("could not decode the image (damaged or truncated data)") from None
     if isinstance(image, Image.Image):
+        _check_side(image.width, image.height)
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
             gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
             return gray * (rgba[..., 3] / 255.0)
         return np.asarray(image.convert("L"), dtype=np.float32)
-    arr = np.asarray(image, dtype=np.float32)
+    shape = np.shape(image)
+    if len(shape) not in (2, 3) or any(side > MAX_SIDE for side in shape[:2]):
+        raise ValueError(f"expected a 2-D grayscale or RGB(A) image of at most {MAX_SIDE}x{MAX_SIDE}, got shape {shape}")
+    try:
+        arr = np.asarray(image, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError("expected an image of numbers") from None
+    if not np.isfinite(arr).all():
+        raise ValueError("the image has NaN or infinite pixels")
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
@@ -54,6 +74,11 @@ def to_grayscale(image: ImageInput) -> np.ndarray:
     if arr.max(initial=0.0) <= 1.0 and np.issubdtype(np.asarray(image).dtype, np.floating):
         arr = arr * 255.0  # float images in [0, 1]
     return np.clip(arr, 0.0, 255.0)
+
+
+def _check_side(width: int, height: int) -> None:
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise ValueError(f"the image is {width}x{height} pixels; at most {MAX_SIDE}x{MAX_SIDE} is accepted")
 
 
 def _ink_first(gray: np.ndarray) -> np.ndarray:

@@ -17,8 +17,8 @@ import click
 )
 @click.option(
     "--preheat/--no-preheat", default=True, show_default=True,
-    help="Keep one kernel running the page with the model loaded, so a visitor's page appears in"
-    " ~3.5 s instead of ~6 s (costs one idle kernel, ~350 MiB).",
+    help="Keep one kernel with the page rendered, so a visitor's page appears sooner"
+    " (costs one idle kernel, ~75 MB).",
 )
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
 @click.option(
@@ -26,8 +26,12 @@ import click
     help="Dashboard notebook. Default: dashboards/digits.ipynb ($DIGITOPS_DASHBOARD).",
 )
 @click.option(
-    "--cull-idle-timeout", type=click.IntRange(min=0), default=600, show_default=True,
-    help="Shut down a page's kernel after this many idle seconds (0: never).",
+    "--cull-idle-timeout", type=click.IntRange(min=0), default=60, show_default=True,
+    help="Shut down a kernel idle this many seconds with no page connected (0: never).",
+)
+@click.option(
+    "--max-kernels", type=click.IntRange(min=0), default=60, show_default=True,
+    help="Most visitors (kernels) at once; the next one gets a 'busy, try again' page (0: no limit).",
 )
 @click.option("--fetch-only", is_flag=True, help="Download and verify the model to serve, then exit (image builds).")
 @click.option("--dry-run", is_flag=True, help="Print the Voila command instead of running it.")
@@ -38,6 +42,7 @@ def dashboard(
     open_browser: bool,
     notebook: Path | None,
     cull_idle_timeout: int,
+    max_kernels: int,
     fetch_only: bool,
     dry_run: bool,
 ) -> None:
@@ -65,7 +70,7 @@ def dashboard(
     root = Path.cwd()
     args = server.voila_command(
         nb, port=port, host=host, preheat=preheat, open_browser=open_browser,
-        root_dir=root, cull_idle_timeout=cull_idle_timeout,
+        root_dir=root, cull_idle_timeout=cull_idle_timeout, max_kernels=max_kernels,
     )
     env = server.server_env(root)
     if dry_run:

@@ -7,6 +7,7 @@ the model saw, and a card describing the served model version.
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 import os
@@ -21,7 +22,7 @@ import ipywidgets as w
 import numpy as np
 
 from digitops import config
-from digitops.dashboard import loader
+from digitops.dashboard import loader, modelserver
 from digitops.dashboard.canvas import DrawingCanvas
 from digitops.preprocess import EMPTY_MESSAGE, preprocess, to_png
 
@@ -55,6 +56,18 @@ _STYLE = """
 
 
 _IDLE = "Draw a digit, then press Predict."
+_FAILED = "Sorry, that prediction failed. Please clear and try again."
+
+
+def seen_html(image: np.ndarray) -> str:
+    """The 28x28 image the model saw as an <img> with a data: URL.
+
+    Text, not a binary widget buffer: Voila 0.5 mishandles binary messages on
+    the legacy websocket protocol (the server grows without bound), and a few
+    hundred bytes of base64 cost nothing.
+    """
+    data = base64.b64encode(to_png(image)).decode("ascii")
+    return f'<img class="dg-seen-img" width="140" height="140" alt="28x28 input" src="data:image/png;base64,{data}">'
 
 
 def _bars_html(proba: np.ndarray | None) -> str:
@@ -144,7 +157,7 @@ class DigitApp:
         self.live = w.Checkbox(value=False, description="Predict as I draw", indent=False)
         self.result = w.HTML(self._result_html("idle", _IDLE))
         self.bars = w.HTML(_bars_html(None))
-        self.seen = w.Image(format="png", width=140, height=140, value=to_png(np.zeros((28, 28), np.uint8)))
+        self.seen = w.HTML(seen_html(np.zeros((28, 28), np.uint8)))
         self.card = w.HTML(model_card_html(version))
         for widget, cls in (
             (self.predict_button, "dg-predict"),
@@ -152,7 +165,7 @@ class DigitApp:
             (self.live, "dg-live"),
             (self.result, "dg-result-box"),
             (self.bars, "dg-bars-box"),
-            (self.seen, "dg-seen-img"),
+            (self.seen, "dg-seen-box"),
             (self.card, "dg-card-box"),
         ):
             widget.add_class(cls)
@@ -181,7 +194,13 @@ class DigitApp:
         """Predict the digit on the canvas and show it; returns the digit, or None if nothing was drawn."""
         self.seq += 1
         try:
-            image = preprocess(self.canvas.png) if self.canvas.png is not None else None
+            try:
+                image = preprocess(self.canvas.png) if self.canvas.png is not None else None
+            except ValueError as exc:  # too large, undecodable: the message is written for visitors
+                log.warning("refused a drawing: %s", exc)
+                self.result.value = self._result_html("invalid", f'<div class="dg-message">{html.escape(str(exc))}</div>')
+                self.bars.value = _bars_html(None)
+                return None
             if image is None:
                 self.result.value = self._result_html("empty", f'<div class="dg-message">{EMPTY_MESSAGE}</div>')
                 self.bars.value = _bars_html(None)
@@ -192,7 +211,7 @@ class DigitApp:
             proba = loader.predict(loaded, image)
             ms = 1000 * (time.perf_counter() - start)
             digit = int(proba.argmax())
-            self.seen.value = to_png(image)
+            self.seen.value = seen_html(image)
             self.bars.value = _bars_html(proba)
             self.result.value = self._result_html(
                 "prediction",
@@ -205,9 +224,7 @@ class DigitApp:
         except Exception:
             # Visitors get a short message; the traceback goes to the server log only.
             log.exception("prediction failed")
-            self.result.value = self._result_html(
-                "error", '<div class="dg-error">Sorry, that prediction failed. Please clear and try again.</div>'
-            )
+            self.result.value = self._result_html("error", f'<div class="dg-error">{_FAILED}</div>')
             return None
 
     def clear(self) -> None:
@@ -216,7 +233,7 @@ class DigitApp:
         self.canvas.clear()
         self.result.value = self._result_html("idle", _IDLE)
         self.bars.value = _bars_html(None)
-        self.seen.value = to_png(np.zeros((28, 28), np.uint8))
+        self.seen.value = seen_html(np.zeros((28, 28), np.uint8))
 
     def widget(self) -> w.Widget:
         """The whole page as one widget."""
@@ -262,6 +279,11 @@ def build() -> w.Widget:
             "load-error",
         )
 
+    remote = modelserver.client_from_env(version)
+    if remote is not None:
+        # Under `digitops dashboard`: the server's model process predicts; this kernel stays small.
+        return DigitApp(version, remote).widget()
+
     def start() -> Future[loader.LoadedModel]:
         future = _EXECUTOR.submit(loader.load_file, version, path)
         future.add_done_callback(_log_failure)
@@ -284,11 +306,25 @@ def _log_failure(future: Future[Any]) -> None:
         log.error("loading the model failed", exc_info=future.exception())
 
 
+def _server_log_stream() -> Any:
+    """The server's log: the kernel's original stderr, not the one forwarded to the page.
+
+    ipykernel redirects file descriptor 2 into a pipe whose text it sends to
+    the visitor's browser (``sys.__stderr__`` included); it keeps a copy of
+    the original descriptor, which is Voila's terminal or the container log.
+    """
+    original = getattr(sys.stderr, "_original_stdstream_copy", None)
+    if isinstance(original, int):
+        try:
+            return open(os.dup(original), "w", buffering=1, encoding="utf-8", errors="replace")
+        except OSError:
+            pass
+    return sys.__stderr__  # not captured: a plain process, or a kernel with capture_fd_output off
+
+
 def _log_to_server() -> None:
-    # In a kernel, sys.stderr is forwarded to the visitor's page; the process's
-    # own stderr is Voila's terminal or the container log, where errors belong.
     if not any(getattr(h, "_digitops", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.__stderr__)
+        handler = logging.StreamHandler(_server_log_stream())
         handler.setFormatter(logging.Formatter("[digitops.dashboard] %(levelname)s %(message)s"))
         handler._digitops = True  # type: ignore[attr-defined]
         log.addHandler(handler)

@@ -188,6 +188,10 @@ def predict(loaded: LoadedModel | Any, image: Any) -> Any:
     """Probabilities (10,) for one preprocessed 28x28 image, via ``predict_on_batch`` (no ``predict``)."""
     import numpy as np
 
+    from digitops.dashboard.modelserver import RemoteModel
+
+    if isinstance(loaded, RemoteModel):
+        return loaded.predict(image)  # the server's model process; no TensorFlow in this process
     from digitops import model as model_lib
 
     keras_model = loaded.model if isinstance(loaded, LoadedModel) else loaded

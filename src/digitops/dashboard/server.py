@@ -12,9 +12,15 @@ from digitops.dashboard import app, loader
 
 DEFAULT_PORT = 8866
 DEFAULT_HOST = "127.0.0.1"
-#: An idle kernel (page closed, nobody drawing) is shut down after this many seconds.
-CULL_IDLE_TIMEOUT = 600
-CULL_INTERVAL = 60
+#: A kernel idle this many seconds with no page connected (closed, or never opened) is shut down.
+CULL_IDLE_TIMEOUT = 60
+CULL_INTERVAL = 10
+#: Most kernels one server runs at once; the next visitor gets a "busy, try again" page.
+#: About 80 MB each (measured, README "The dashboard"): 60 and the model process fit a 6 GiB replica.
+MAX_KERNELS = 60
+#: Measured memory (MB, bench/bench_dashboard.py): a visitor's kernel, the model process, the Voila server.
+#: deploy/k8s sizes a replica from these (tests/test_dashboard.py checks it).
+SESSION_MB, MODEL_PROCESS_MB, SERVER_MB = 80, 800, 200
 
 
 def voila_command(
@@ -28,10 +34,13 @@ def voila_command(
     runs_dir: Path | None = None,
     cull_idle_timeout: int = CULL_IDLE_TIMEOUT,
     cull_interval: int = CULL_INTERVAL,
+    max_kernels: int = MAX_KERNELS,
 ) -> list[str]:
     """The ``voila`` command line serving ``notebook``.
 
-    Tracebacks never reach visitors, idle kernels are culled (Voila cannot shut
+    Voila runs through :mod:`digitops.dashboard.voila_app` (one model process,
+    at most ``max_kernels`` kernels, v1 websockets only). Tracebacks never
+    reach visitors, idle kernels without a page are culled (Voila cannot shut
     down a closed page's kernel itself), and the HTML/PNG reports of runs in
     ``runs_dir`` (default: the configured runs folder), when it is under
     ``root_dir``, can be linked from the model card.
@@ -43,7 +52,7 @@ def voila_command(
     args = [
         sys.executable,
         "-m",
-        "voila",
+        "digitops.dashboard.voila_app",
         str(notebook),
         f"--port={port}",
         f"--Voila.ip={host}",
@@ -51,6 +60,8 @@ def voila_command(
         "--show_tracebacks=False",
         f"--MappingKernelManager.cull_idle_timeout={cull_idle_timeout}",
         f"--MappingKernelManager.cull_interval={cull_interval}",
+        "--MappingKernelManager.cull_connected=False",  # an open page keeps its kernel
+        f"--DigitopsVoila.max_kernels={max_kernels}",
         # Serve run reports only, not every image under the root.
         f"--VoilaConfiguration.file_allowlist={_reports_pattern(root, runs_dir)}",
     ]
