@@ -316,6 +316,7 @@ def test_images_are_built_by_buildah_only_when_needed(jobs: dict[str, dict[str, 
         assert "services" not in job and "docker" not in " ".join(job["script"])  # no daemon
     build = jobs["build-ci-image"]
     assert build["stage"] == ".pre" and build["needs"] == []
+    assert build["allow_failure"] is True  # a failed build leaves the model jobs the fallback, not a dead pipeline
     assert build["rules"][1]["changes"] == ["pyproject.toml", "ci/Dockerfile"]
     script = "\n".join(build["script"])
     assert 'tag="$(sh ci/deps-tag.sh)"' in script
