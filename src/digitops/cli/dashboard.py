@@ -52,9 +52,10 @@ def dashboard(
     COMET_API_KEY is set) unless DIGITOPS_MODEL_VERSION pins one; it is
     downloaded once, cached by version and checksum-verified on every load.
     """
-    from digitops.dashboard import loader, notebook_path, server
+    from digitops import extras
+    from digitops.dashboard import loader
 
-    if fetch_only:
+    if fetch_only:  # needs the core package only (image builds bake the model in)
         try:
             version = loader.resolve()
             path = loader.fetch(version)
@@ -62,6 +63,12 @@ def dashboard(
             raise click.ClickException(str(exc)) from None
         click.echo(f"cached {version.name} {version.version} ({version.status}) at {path}")
         return
+
+    try:
+        extras.require("dashboard", "digitops dashboard")
+    except extras.MissingExtra as exc:
+        raise click.ClickException(str(exc)) from None
+    from digitops.dashboard import notebook_path, server
 
     try:
         nb = notebook.resolve() if notebook else notebook_path()

@@ -1,0 +1,224 @@
+"""ci/image.py, ci/deps-tag.sh and ci/install.sh: which image the model jobs get, and what they install.
+
+The registry is a strict loopback fake of the registry HTTP API v2 with GitLab's token flow:
+a manifest HEAD without a bearer token gets 401 and a challenge; the token service wants the
+job's Basic credentials and the right scope.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+USER, PASSWORD = "gitlab-ci-token", "job-token-s3cret"
+PATH = "group/digitops/ci"
+
+_spec = importlib.util.spec_from_file_location("ci_image", ROOT / "ci" / "image.py")
+image = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(image)
+
+
+class FakeRegistry:
+    """Holds ``tags`` of ``group/digitops/ci``; ``fault`` = None | "5xx" | "slow" | "basic"."""
+
+    def __init__(self) -> None:
+        self.tags: set[str] = set()
+        self.fault: str | None = None
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.token = "bearer-" + os.urandom(8).hex()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                outer.requests.append(("HEAD", self.path, dict(self.headers)))
+                if outer.fault == "slow":
+                    time.sleep(3)
+                if outer.fault == "5xx":
+                    return self._send(503)
+                if outer.fault == "basic":
+                    return self._send(401, headers={"WWW-Authenticate": 'Basic realm="registry"'})
+                prefix = f"/v2/{PATH}/manifests/"
+                if not self.path.startswith(prefix):
+                    return self._send(404)
+                if self.headers.get("Authorization") != f"Bearer {outer.token}":
+                    challenge = (f'Bearer realm="{outer.url}/jwt/auth",service="container_registry",'
+                                 f'scope="repository:{PATH}:pull"')
+                    return self._send(401, headers={"WWW-Authenticate": challenge})
+                if "manifest" not in self.headers.get("Accept", ""):
+                    return self._send(406)
+                tag = urllib.parse.unquote(self.path[len(prefix):])
+                return self._send(200 if tag in outer.tags else 404,
+                                  headers={"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+
+            def do_GET(self) -> None:  # noqa: N802
+                outer.requests.append(("GET", self.path, dict(self.headers)))
+                url = urllib.parse.urlsplit(self.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                if url.path != "/jwt/auth" or query != {"service": "container_registry",
+                                                         "scope": f"repository:{PATH}:pull"}:
+                    return self._send(400)
+                if self.headers.get("Authorization") != basic:
+                    return self._send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+                self._send(200, json.dumps({"token": outer.token}).encode(), {"Content-Type": "application/json"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.host = f"127.0.0.1:{self.server.server_port}"
+
+    def __enter__(self) -> "FakeRegistry":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def registry() -> Iterator[FakeRegistry]:
+    with FakeRegistry() as server:
+        yield server
+
+
+def _env(registry: FakeRegistry, **extra: str) -> dict[str, str]:
+    return {"CI_REGISTRY_IMAGE": f"{registry.host}/group/digitops", "CI_REGISTRY_USER": USER,
+            "CI_REGISTRY_PASSWORD": PASSWORD, "DIGITOPS_REGISTRY_SCHEME": "http", **extra}
+
+
+def test_the_tag_is_a_hash_of_the_dependency_files(tmp_path: Path) -> None:
+    files = (ROOT / "pyproject.toml").read_bytes() + (ROOT / "ci" / "Dockerfile").read_bytes()
+    assert image.deps_tag() == "deps-" + hashlib.sha256(files).hexdigest()[:16]
+    # Another dependency: another tag (a copy of the repository, the script as the jobs run it).
+    (tmp_path / "ci").mkdir()
+    shutil.copy(ROOT / "ci" / "deps-tag.sh", tmp_path / "ci")
+    shutil.copy(ROOT / "ci" / "Dockerfile", tmp_path / "ci")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (tmp_path / "pyproject.toml").write_text(pyproject)
+    same = subprocess.run(["sh", "ci/deps-tag.sh"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert same.stdout.strip() == image.deps_tag()
+    (tmp_path / "pyproject.toml").write_text(pyproject.replace('"numpy>=1.26",', '"numpy>=1.26",\n    "rich>=13",'))
+    other = subprocess.run(["sh", "ci/deps-tag.sh"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert other.stdout.strip() != same.stdout.strip()
+
+
+def test_the_ci_image_when_the_registry_holds_the_tag(registry: FakeRegistry, tmp_path: Path) -> None:
+    registry.tags.add(image.deps_tag())
+    chosen, reason = image.choose(_env(registry))
+    assert chosen == f"{registry.host}/group/digitops/ci:{image.deps_tag()}" and reason == "dependencies baked in"
+    # It asked with the token the token service gave for the job's credentials.
+    assert [(m, p.split("?")[0]) for m, p, _ in registry.requests] == [
+        ("HEAD", f"/v2/{PATH}/manifests/{image.deps_tag()}"), ("GET", "/jwt/auth"),
+        ("HEAD", f"/v2/{PATH}/manifests/{image.deps_tag()}")]
+
+
+def test_the_fallback_when_the_tag_is_not_built(registry: FakeRegistry) -> None:
+    registry.tags.add("deps-0000000000000000")  # the image of older dependencies
+    chosen, reason = image.choose(_env(registry, DIGITOPS_FALLBACK_IMAGE="python:3.11-slim"))
+    assert chosen == "python:3.11-slim" and "is not built yet" in reason
+
+
+@pytest.mark.parametrize("fault, why", [
+    ("5xx", "HTTP 503"),
+    ("basic", "asks for Basic auth"),
+    ("slow", "timed out"),
+    ("bad-password", "HTTP Error 401"),
+])
+def test_any_doubt_falls_back_to_installing(registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch,
+                                            fault: str, why: str) -> None:
+    registry.tags.add(image.deps_tag())
+    monkeypatch.setattr(image, "TIMEOUT", 0.5)
+    env = _env(registry)
+    if fault == "bad-password":
+        env["CI_REGISTRY_PASSWORD"] = "expired"
+    else:
+        registry.fault = fault
+    chosen, reason = image.choose(env)
+    assert chosen == "python:3.11-slim"
+    assert why in reason and "installing instead" in reason
+
+
+def test_no_registry_and_the_dotenv_the_jobs_read(tmp_path: Path, registry: FakeRegistry,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    assert image.choose({}) == ("python:3.11-slim", "the project has no container registry (CI_REGISTRY_IMAGE is empty)")
+    registry.tags.add(image.deps_tag())
+    for key, value in _env(registry).items():
+        monkeypatch.setenv(key, value)
+    assert image.main(["--dotenv", str(tmp_path / "ci-image.env")]) == 0
+    ref = f"{registry.host}/group/digitops/ci:{image.deps_tag()}"
+    assert (tmp_path / "ci-image.env").read_text() == f"DIGITOPS_CI_IMAGE={ref}\n"
+    out = capsys.readouterr().out
+    assert out == f"model jobs' image: {ref} (dependencies baked in)\n" and PASSWORD not in out
+
+
+# ----------------------------------------------------------------- ci/install.sh
+
+
+@pytest.fixture()
+def fake_python(tmp_path: Path) -> Path:
+    """A ``python`` that records its arguments; ``pip check`` exits $FAKE_CHECK_RC."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "python"
+    script.write_text('#!/bin/sh\necho "$*" >> "$FAKE_LOG"\n'
+                      'if [ "$*" = "-m pip check" ]; then exit "${FAKE_CHECK_RC:-0}"; fi\nexit 0\n')
+    script.chmod(0o755)
+    return bin_dir
+
+
+def _install(fake_python: Path, **env: str) -> tuple[list[str], str]:
+    log = fake_python.parent / "calls.log"
+    log.unlink(missing_ok=True)
+    run_env = {"PATH": f"{fake_python}:/usr/bin:/bin", "FAKE_LOG": str(log), **env}
+    out = subprocess.run(["sh", str(ROOT / "ci" / "install.sh")], env=run_env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return (log.read_text().splitlines() if log.exists() else []), out.stdout
+
+
+def test_install_everything_in_the_plain_image(fake_python: Path) -> None:
+    assert _install(fake_python) == (["-m pip install --quiet -e ."], "")
+    assert _install(fake_python, DIGITOPS_PIP_SPEC=".[dev]")[0] == ["-m pip install --quiet -e .[dev]"]
+    assert _install(fake_python, DIGITOPS_SKIP_INSTALL="true") == ([], "")
+
+
+def test_the_ci_image_installs_the_package_only(fake_python: Path) -> None:
+    calls, out = _install(fake_python, DIGITOPS_CI_DEPS="baked")
+    assert calls == ["-m pip install --quiet --no-deps --no-build-isolation -e .", "-m pip check"] and out == ""
+    # The tests job wants the dev tools, which the image does not have.
+    assert _install(fake_python, DIGITOPS_CI_DEPS="baked", DIGITOPS_PIP_SPEC=".[dev]")[0] == [
+        "-m pip install --quiet -e .[dev]"]
+
+
+def test_a_stale_ci_image_installs_what_is_missing(fake_python: Path) -> None:
+    calls, out = _install(fake_python, DIGITOPS_CI_DEPS="baked", FAKE_CHECK_RC="1")
+    assert calls == ["-m pip install --quiet --no-deps --no-build-isolation -e .", "-m pip check",
+                     "-m pip install --quiet -e ."]
+    assert "do not satisfy pyproject.toml" in out
