@@ -33,7 +33,7 @@ def test_dashboard_without_its_extra_names_it_in_one_line(absent: list[str]) -> 
 def test_dashboard_with_its_extra_builds_the_voila_command() -> None:
     out = _cli_without([], "dashboard", "--dry-run")
     assert out.returncode == 0, out.stderr
-    assert " -m voila " in out.stdout
+    assert " -m digitops.dashboard.voila_app " in out.stdout  # the Voila subclass with the kernel cap
 
 
 def test_fetch_only_needs_the_core_package_only(tmp_path, monkeypatch) -> None:
