@@ -1,0 +1,202 @@
+"""The feedback store, its exports and the split by drawing hash (no TensorFlow, no browser)."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from digitops.feedback import FeedbackError, settings
+from digitops.feedback import dataset
+from digitops.feedback.store import LocalFeedbackStore
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIGITOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DIGITOPS_FEEDBACK_DIR", raising=False)
+    return LocalFeedbackStore()
+
+
+def drawing(seed: int, size: int = 280) -> bytes:
+    """A canvas-like PNG (white strokes on black) that differs with ``seed``."""
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGBA", (size, size), (0, 0, 0, 255))
+    d = ImageDraw.Draw(im)
+    pts = [tuple(float(v) for v in rng.uniform(0.2, 0.8, 2) * size) for _ in range(4)]
+    d.line(pts, fill=(255, 255, 255, 255), width=24)
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def keep(store, seed, label=4, **kw):
+    kw.setdefault("predicted", 9)
+    kw.setdefault("probabilities", [0.1] * 10)
+    kw.setdefault("model_name", "mnist-digits")
+    kw.setdefault("model_version", "1.0.0")
+    return store.add(drawing(seed), label, **kw)
+
+
+def test_a_drawing_is_kept_with_its_labels_and_images(store):
+    out = keep(store, 1)
+    assert out.status == "kept"
+    [rec] = store.records()
+    assert (rec.label, rec.predicted, rec.model_version) == (4, 9, "1.0.0") and len(rec.probabilities) == 10
+    assert (store.drawings / f"{rec.hash}.png").read_bytes() == drawing(1)
+    img = store.image(rec.hash)
+    assert img.shape == (28, 28) and img.dtype == np.uint8 and img.max() == 255
+
+
+def test_the_same_drawing_twice_is_kept_once_and_a_correction_relabels_it(store):
+    assert keep(store, 1).status == "kept"
+    assert keep(store, 1).status == "unchanged"
+    assert keep(store, 1, label=7).status == "relabelled"
+    assert [r.label for r in store.records()] == [7]
+
+
+@pytest.mark.parametrize("label", [10, -1, True, "4", 4.0, None])
+def test_a_label_outside_0_9_is_refused(store, label):
+    with pytest.raises(FeedbackError, match="must be a digit 0-9"):
+        keep(store, 1, label=label)
+    assert store.records() == []
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "png, message",
+    [
+        (lambda: _png(Image.new("RGBA", (280, 280))), "canvas is empty"),
+        (lambda: _png(Image.new("L", (2000, 50))), "at most 1024x1024"),
+        (lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * (3 * 2**20), "at most 2 MB"),
+        (lambda: b"not an image", "could not decode"),
+    ],
+)
+def test_empty_oversized_or_broken_drawings_are_refused_and_nothing_is_written(store, png, message):
+    with pytest.raises(FeedbackError, match=message):
+        store.add(png(), 3, model_name="m", model_version="1")
+    assert store.records() == [] and not any(store.drawings.glob("*")) if store.drawings.exists() else True
+    assert keep(store, 2).status == "kept"  # the store stays usable
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"probabilities": [0.5] * 9}, "10 numbers"),
+    ({"probabilities": [float("nan")] * 10}, "10 numbers"),
+    ({"predicted": 11}, "predicted label"),
+    ({"model_version": "x\n<script>"}, "model version"),
+])
+def test_bad_metadata_is_refused(store, kw, message):
+    with pytest.raises(FeedbackError, match=message):
+        keep(store, 1, **kw)
+
+
+def _writer(folder: str, seeds: list[int]) -> int:
+    s = LocalFeedbackStore(folder)
+    return sum(keep(s, seed).status == "kept" for seed in seeds)
+
+
+def test_many_processes_writing_at_once_keep_each_drawing_once(tmp_path):
+    folder = tmp_path / "fb"  # not created yet: the processes race to create the store too
+    # Every process writes the 12 drawings, in a different order.
+    jobs = [(str(folder), list(np.random.default_rng(i).permutation(12))) for i in range(4)]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        kept = pool.starmap(_writer, [(f, [int(s) for s in seeds]) for f, seeds in jobs])
+    assert sum(kept) == 12
+    store = LocalFeedbackStore(folder)
+    assert len(store.records()) == 12
+    assert len(list(store.drawings.glob("*.png"))) == 24 and not list(store.drawings.glob(".*"))
+
+
+def test_a_damaged_database_is_refused_with_the_doctor_hint(tmp_path):
+    folder = tmp_path / "fb"
+    LocalFeedbackStore(folder)
+    (folder / "feedback.db").write_bytes(b"garbage" * 1000)
+    with pytest.raises(FeedbackError, match="damaged|not usable"):
+        LocalFeedbackStore(folder).records()
+
+
+def test_settings_switch_and_bad_numbers(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIGITOPS_HOME", str(tmp_path))
+    assert settings().enabled and settings().folder == str(tmp_path / "feedback")
+    monkeypatch.setenv("DIGITOPS_FEEDBACK", "off")
+    assert not settings().enabled
+    monkeypatch.setenv("DIGITOPS_GATE_FIELD_MIN", "lots")
+    with pytest.raises(FeedbackError, match="DIGITOPS_GATE_FIELD_MIN"):
+        settings()
+
+
+# ----------------------------------------------------------------------------- exports and the split
+
+
+def test_export_is_versioned_checksummed_and_idempotent(store):
+    for seed in range(6):
+        keep(store, seed, label=seed % 10)
+    path, manifest = dataset.export(store)
+    again, manifest2 = dataset.export(store)
+    assert again == path and manifest2 == manifest and manifest["count"] == 6
+    loaded = dataset.load()
+    assert loaded.version == manifest["version"] and len(loaded) == 6 and loaded.x.shape == (6, 28, 28)
+    assert sorted(loaded.y.tolist()) == [0, 1, 2, 3, 4, 5]
+    keep(store, 99, label=1)
+    path3, manifest3 = dataset.export(store)
+    assert manifest3["version"] != manifest["version"] and dataset.latest() == path3
+
+
+def test_a_changed_export_is_refused(store):
+    keep(store, 1)
+    path, _ = dataset.export(store)
+    data = bytearray(path.read_bytes())
+    data[-30] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(FeedbackError, match="does not match the checksum"):
+        dataset.load(path)
+
+
+def test_no_export_and_an_empty_store(store):
+    assert dataset.load() is None
+    with pytest.raises(FeedbackError, match="no field drawings"):
+        dataset.export(store)
+
+
+def test_the_split_never_puts_a_drawing_on_both_sides(store):
+    for seed in range(40):
+        keep(store, seed, label=seed % 10)
+    field = dataset.load(dataset.export(store)[0])
+    test_mask = field.test_mask()
+    assert 8 <= test_mask.sum() <= 32  # about half, by hash
+    x_test, _ = field.test()
+    for share in (0.0, 0.5, 1.0):
+        x_train, _ = field.train(share)
+        test_keys = {x.tobytes() for x in x_test}
+        assert not any(x.tobytes() in test_keys for x in x_train)
+    assert len(field.train(1.0)[1]) + len(field.test()[1]) == 40
+    assert len(field.train(0.0)[1]) == 0
+    # Deterministic: a larger store keeps every old drawing on its side, and a share grows as a superset.
+    keep(store, 1000, label=3)
+    bigger = dataset.load(dataset.export(store)[0])
+    old = dict(zip(field.hashes.tolist(), test_mask.tolist()))
+    assert all(old[h] == t for h, t in zip(bigger.hashes.tolist(), bigger.test_mask().tolist()) if h in old)
+    half = {x.tobytes() for x in field.train(0.5)[0]}
+    assert half <= {x.tobytes() for x in field.train(0.8)[0]}
+    with pytest.raises(FeedbackError, match="between 0 and 1"):
+        field.train(1.5)
+
+
+def test_the_feedback_modules_do_not_import_tensorflow():
+    """Dashboard kernels write feedback and must stay small."""
+    import subprocess
+    import sys
+
+    code = ("import sys, digitops.feedback.store, digitops.feedback.dataset; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
