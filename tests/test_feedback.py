@@ -200,3 +200,42 @@ def test_the_feedback_modules_do_not_import_tensorflow():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- digitops feedback
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from digitops.cli import cli
+
+    return CliRunner().invoke(cli, ["feedback", *args], catch_exceptions=False)
+
+
+def test_cli_list_stats_export(store):
+    res = _cli("list")
+    assert res.exit_code == 0 and "no field drawings" in res.output
+    keep(store, 1, label=4, predicted=9)
+    keep(store, 2, label=4, predicted=4, model_version="1.1.0")
+    keep(store, 3, label=7, predicted=1)
+    res = _cli("list")
+    assert res.exit_code == 0 and "3 drawing(s)" in res.output and "mnist-digits 1.1.0" in res.output
+    res = _cli("stats", "--json")
+    import json
+
+    stats = json.loads(res.output)
+    assert stats["per_label"]["4"] == 2 and stats["per_label"]["7"] == 1
+    assert stats["per_model_version"]["mnist-digits 1.0.0"] == {"drawings": 2, "right": 0}
+    assert stats["confusion"][4][9] == 1 and stats["confusion"][4][4] == 1 and stats["confusion"][7][1] == 1
+    assert "confusion" in _cli("stats").output
+    res = _cli("export")
+    assert res.exit_code == 0 and "3 drawing(s)" in res.output and dataset.load().version in res.output
+
+
+def test_cli_damaged_store_is_one_line(store):
+    keep(store, 1)
+    (store.folder / "feedback.db").write_bytes(b"garbage" * 1000)
+    for verb in ("list", "stats", "export"):
+        res = _cli(verb)
+        assert res.exit_code == 1 and "Traceback" not in res.output and "feedback database" in res.output

@@ -19,6 +19,10 @@ class FeedbackError(ValueError):
     """Refused feedback or an unusable feedback store / export; the message is one line for a person."""
 
 
+class FeedbackStoreError(FeedbackError):
+    """The store itself is unusable (damaged, unwritable): the message names server paths, not for visitors."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Feedback settings, all read from the environment here and nowhere else."""

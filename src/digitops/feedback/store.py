@@ -20,7 +20,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from digitops import _sqlite
-from digitops.feedback import FeedbackError, settings
+from digitops.feedback import FeedbackError, FeedbackStoreError, settings
 from digitops.preprocess import EMPTY_MESSAGE, SIZE, preprocess, to_png
 
 SCHEMA_VERSION = 1
@@ -128,7 +128,7 @@ class LocalFeedbackStore:
         self.folder = Path(folder) if folder is not None else Path(settings().folder)
         self.db_path = self.folder / "feedback.db"
         self.drawings = self.folder / "drawings"
-        _sqlite.init_db(self.db_path, SCHEMA_VERSION, _migrate, "feedback", FeedbackError)
+        _sqlite.init_db(self.db_path, SCHEMA_VERSION, _migrate, "feedback", FeedbackStoreError)
 
     def add(self, canvas_png: bytes, label: int, *, predicted: int | None = None,
             probabilities: Sequence[float] | None = None, model_name: str = "unknown",
@@ -152,7 +152,7 @@ class LocalFeedbackStore:
             _write_atomic(self.drawings / f"{digest}.png", bytes(canvas_png))
             _write_atomic(self.drawings / f"{digest}-28.png", to_png(image))
         except OSError as exc:
-            raise FeedbackError(f"cannot keep the drawing in {self.drawings}: {exc.strerror or exc}") from None
+            raise FeedbackStoreError(f"cannot keep the drawing in {self.drawings}: {exc.strerror or exc}") from None
         now = _sqlite.utc_now()
         prob_text = None if probs is None else ",".join(f"{p:.6f}" for p in probs)
         con = self._connect()
@@ -172,7 +172,7 @@ class LocalFeedbackStore:
                     status = "unchanged"
                 row = con.execute("SELECT * FROM drawings WHERE hash = ?", (digest,)).fetchone()
         except sqlite3.DatabaseError as exc:
-            raise FeedbackError(_sqlite.problem("feedback", self.db_path, exc)) from None
+            raise FeedbackStoreError(_sqlite.problem("feedback", self.db_path, exc)) from None
         finally:
             con.close()
         return Outcome(_record(row), status)
@@ -183,7 +183,7 @@ class LocalFeedbackStore:
         try:
             rows = con.execute("SELECT * FROM drawings ORDER BY created_at, hash").fetchall()
         except sqlite3.DatabaseError as exc:
-            raise FeedbackError(_sqlite.problem("feedback", self.db_path, exc)) from None
+            raise FeedbackStoreError(_sqlite.problem("feedback", self.db_path, exc)) from None
         finally:
             con.close()
         return [_record(r) for r in rows]
@@ -206,7 +206,7 @@ class LocalFeedbackStore:
         try:
             return _sqlite.connect(self.db_path)
         except sqlite3.DatabaseError as exc:
-            raise FeedbackError(_sqlite.problem("feedback", self.db_path, exc)) from None
+            raise FeedbackStoreError(_sqlite.problem("feedback", self.db_path, exc)) from None
 
 
 def _migrate(con: sqlite3.Connection, from_version: int) -> None:
