@@ -988,3 +988,32 @@ def test_feedback_store_failure_is_a_message_and_the_page_stays_usable(digit_app
     shown = digit_app.feedback.status.value
     assert "could not be kept" in shown and "Traceback" not in shown and str(digit_app_home) not in shown
     assert digit_app.predict() is not None  # predicting still works
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_wrong_it_is_4_keeps_one_record_even_when_pressed_twice(page, voila, monkeypatch):
+    from digitops.cli import cli
+
+    srv, mv = voila
+    monkeypatch.setenv("DIGITOPS_HOME", srv.env["DIGITOPS_HOME"])
+    monkeypatch.delenv("DIGITOPS_FEEDBACK_DIR", raising=False)
+    browser.click_and_wait(page, "button.dg-clear")
+    assert not page.locator(".dg-feedback").is_visible()
+    browser.draw(page, browser.DIGIT_STROKES[4])
+    assert browser.click_and_wait(page, "button.dg-predict")["state"] == "prediction"
+    assert page.locator(".dg-feedback").is_visible() and "used to test future models" in page.inner_text(".dg-feedback")
+    states = []
+    for _ in range(2):
+        seq = int(page.get_attribute(".dg-fb-status", "data-seq") or 0)
+        page.click("button.dg-fb-wrong-4")
+        page.wait_for_function(
+            "s => Number(document.querySelector('.dg-fb-status').dataset.seq) > s", arg=seq, timeout=30_000
+        )
+        states.append(page.get_attribute(".dg-fb-status", "data-state"))
+    assert states == ["kept", "unchanged"], (states, srv.log())
+    listed = CliRunner().invoke(cli, ["feedback", "list", "--json"])
+    records = [json.loads(line) for line in listed.output.splitlines()]
+    assert listed.exit_code == 0 and len(records) == 1, listed.output
+    assert records[0]["label"] == 4 and records[0]["model_version"] == mv.version
+    assert records[0]["predicted"] in range(10) and len(records[0]["probabilities"]) == 10
