@@ -239,3 +239,57 @@ def test_cli_damaged_store_is_one_line(store):
     for verb in ("list", "stats", "export"):
         res = _cli(verb)
         assert res.exit_code == 1 and "Traceback" not in res.output and "feedback database" in res.output
+
+
+# ----------------------------------------------------------------------------- the gate and the report row
+
+
+FIELD = {"field_images": 40.0, "field_accuracy": 0.80, "field_production_accuracy": 0.90,
+         "field_production_missing": 0.0}
+
+
+@pytest.mark.parametrize("env, metrics, verdict, words", [
+    ({}, {}, "pass", None),  # no field set scored: the rule says nothing
+    ({"DIGITOPS_GATE_FIELD_MIN": "50"}, FIELD, "pass", "fewer than 50"),  # too few drawings: informs only
+    ({}, FIELD, "fail", "worse than production 90.00% on 40 drawings"),
+    ({"DIGITOPS_GATE_FIELD_TOLERANCE": "0.1"}, FIELD, "pass", "not worse"),
+    ({}, {**FIELD, "field_production_accuracy": "0.8"}, "pass", "not worse"),  # Comet's strings
+    ({}, {**FIELD, "field_production_missing": 1.0}, "fail", "could not be scored"),
+    ({"DIGITOPS_GATE_FIELD_TOLERANCE": "much"}, FIELD, "fail", "malformed"),
+    ({}, {"field_images": 40.0, "field_accuracy": 0.5, "field_production_missing": 0.0}, "pass", "no production"),
+])
+def test_field_gate(monkeypatch, env, metrics, verdict, words):
+    from digitops.feedback import gate
+
+    for k in ("DIGITOPS_GATE_FIELD_MIN", "DIGITOPS_GATE_FIELD_TOLERANCE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    got, reasons = gate.judge(metrics, "pass", ["earlier reason"])
+    assert got == verdict
+    if words is None:
+        assert reasons == ["earlier reason"]
+    else:
+        assert any(words in r for r in reasons), reasons
+        if verdict == "fail":
+            assert words in reasons[0]  # gate failures come first
+    assert gate.judge(metrics, "fail", [])[0] == "fail"  # never turns a failure into a pass
+
+
+def test_compare_and_report_carry_the_field_row(workdir):
+    from digitops.compare import compare
+    from digitops.registry.sqlite import SqliteRegistry
+    from digitops.report import write_report
+    from digitops.tracking.sqlite import SqliteTracker
+    from store_helpers import add_run
+
+    tracker, reg = SqliteTracker(), SqliteRegistry()
+    add_run(tracker, "cand", {"test_accuracy": 0.95, **FIELD})
+    c = compare("cand", tracker=tracker, registry=reg)
+    assert not c.passed and "Field drawings: candidate 80.00% is worse" in c.reasons[0]
+    md = write_report("cand", workdir / "out", tracker=tracker, registry=reg)["markdown"].read_text()
+    row = next(line for line in md.splitlines() if "field drawings" in line)
+    assert "candidate vs production on 40 drawings" in row and "80.00 %" in row and "90.00 %" in row
+    assert "-10.00 pts" in row
+    html = (workdir / "out" / "report.html").read_text()
+    assert "field drawings: candidate vs production on 40 drawings" in html

@@ -150,3 +150,26 @@ def load(path: str | Path | None = None) -> FieldSet | None:
         if int(z["format"]) != FORMAT:
             raise FeedbackError(f"the field export {npz} has format {int(z['format'])}; this digitops reads {FORMAT}")
         return FieldSet(str(z["version"]), npz, z["x"], z["y"], z["predicted"], z["model_version"], z["hashes"])
+
+
+def mix_into_training(
+    x: np.ndarray, y: np.ndarray, share: float, field: FieldSet | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """``x, y`` plus ``share`` of the newest export's training side, and the lineage to record.
+
+    ``share`` 0 changes nothing and records nothing. A share above 0 with no
+    export is an error: a run asked for field drawings must not silently train without them.
+    """
+    if not 0.0 <= float(share) <= 1.0:
+        raise FeedbackError(f"field_train_share must be between 0 and 1, got {share}")
+    if float(share) == 0.0:
+        return x, y, {}
+    field = field or load()
+    if field is None:
+        raise FeedbackError(f"field_train_share is {share} but there is no field export yet: "
+                            f"run `digitops feedback export` first, or set field_train_share to 0")
+    fx, fy = field.train(share)
+    mask = ~field.test_mask() & (np.array([_train_rank(h) for h in field.hashes]) < float(share))
+    lineage = {"export": field.version, "share": float(share), "train_images": int(len(fy)),
+               "train_hashes": [str(h) for h in field.hashes[mask]]}
+    return np.concatenate([x, fx.astype(x.dtype)]), np.concatenate([y, fy.astype(y.dtype)]), lineage
