@@ -293,3 +293,62 @@ def test_compare_and_report_carry_the_field_row(workdir):
     assert "-10.00 pts" in row
     html = (workdir / "out" / "report.html").read_text()
     assert "field drawings: candidate vs production on 40 drawings" in html
+
+
+# ----------------------------------------------------------------------------- never train on the test
+
+
+def test_a_model_is_never_scored_on_field_drawings_it_trained_on(store, tmp_path):
+    import json
+
+    from digitops import model
+    from digitops.feedback import scoring
+
+    for seed in range(40):
+        keep(store, seed, label=seed % 10)
+    field = dataset.load(dataset.export(store)[0])
+    x0, y0 = np.zeros((5, 28, 28), np.uint8), np.zeros(5, np.int64)
+    x, y, lineage = dataset.mix_into_training(x0, y0, 1.0, field)
+    assert lineage["export"] == field.version and len(y) == 5 + lineage["train_images"] > 5
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    (run_folder / "metrics.json").write_text(json.dumps({"field_training": lineage}))
+    net = model.build("mlp", seed=0)
+    result = scoring.score(net, run_folder=run_folder, field=field, production=lambda: (None, None))
+    assert result is not None and len(result.y) == int(field.test_mask().sum()) > 0
+    assert not set(result.hashes) & set(lineage["train_hashes"])
+    assert {x.tobytes() for x in result.x}.isdisjoint({x.tobytes() for x in x[5:]})
+    assert result.metrics()["field_images"] == len(result.y) and "field_production_accuracy" not in result.metrics()
+    # A run whose lineage says it trained on a test drawing is refused, not scored.
+    lineage["train_hashes"].append(result.hashes[0])
+    (run_folder / "metrics.json").write_text(json.dumps({"field_training": lineage}))
+    with pytest.raises(FeedbackError, match="trained on 1 of the field set's test drawings"):
+        scoring.score(net, run_folder=run_folder, field=field, production=lambda: (None, None))
+
+
+def test_production_that_cannot_be_scored_is_recorded_for_the_gate(store):
+    from digitops import model
+    from digitops.feedback import scoring
+
+    for seed in range(12):
+        keep(store, seed, label=seed % 10)
+    field = dataset.load(dataset.export(store)[0])
+    net = model.build("mlp", seed=0)
+
+    def broken():
+        def load():
+            raise OSError("model file unreadable")
+        return "1.0.0", load
+
+    result = scoring.score(net, field=field, production=broken)
+    assert result.production_problem and "unreadable" in result.production_problem
+    assert result.metrics()["field_production_missing"] == 1.0
+    same = scoring.score(net, field=field, production=lambda: ("1.0.0", lambda: net))
+    assert same.production_accuracy == same.accuracy and same.metrics()["field_production_missing"] == 0.0
+
+
+def test_a_share_of_field_drawings_needs_an_export(store):
+    x, y = np.zeros((2, 28, 28), np.uint8), np.zeros(2, np.int64)
+    assert dataset.mix_into_training(x, y, 0.0)[2] == {}
+    with pytest.raises(FeedbackError, match="no field export yet"):
+        dataset.mix_into_training(x, y, 0.5)

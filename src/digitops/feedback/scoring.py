@@ -48,7 +48,8 @@ class FieldScore:
         """The ``field_test`` section of ``metrics.json``."""
         return {"export": self.export, "images": len(self.y), "accuracy": self.accuracy,
                 "production_version": self.production_version, "production_accuracy": self.production_accuracy,
-                "production_problem": self.production_problem, "per_class": self.per_class, "worst": self.worst}
+                "production_problem": self.production_problem, "per_class": self.per_class, "worst": self.worst,
+                "hashes": self.hashes}
 
     def markdown(self) -> str:
         """One paragraph for the notebook."""
