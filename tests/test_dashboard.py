@@ -474,6 +474,8 @@ def test_server_env_makes_state_paths_absolute(tmp_path, monkeypatch):
     assert env["DIGITOPS_DASHBOARD_FILES"] == "runs"
     monkeypatch.setenv("DIGITOPS_RUNS", "/somewhere/else")
     assert "DIGITOPS_DASHBOARD_FILES" not in server.server_env(tmp_path)
+    monkeypatch.setenv("DIGITOPS_FEEDBACK_DIR", "fb")  # kernels run elsewhere: field drawings still land here
+    assert server.server_env(tmp_path)["DIGITOPS_FEEDBACK_DIR"] == str(tmp_path / "fb")
 
 
 # ----------------------------------------------------------------------------- deploy files
