@@ -352,3 +352,54 @@ def test_a_share_of_field_drawings_needs_an_export(store):
     assert dataset.mix_into_training(x, y, 0.0)[2] == {}
     with pytest.raises(FeedbackError, match="no field export yet"):
         dataset.mix_into_training(x, y, 0.5)
+
+
+def test_a_full_disk_while_keeping_a_drawing_keeps_nothing_half_written(store, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from digitops.feedback import FeedbackStoreError
+
+    real = Path.write_bytes
+
+    def half_then_full(self, data):
+        real(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with pytest.raises(FeedbackStoreError, match="No space left"):
+        keep(store, 1)
+    monkeypatch.setattr(Path, "write_bytes", real)
+    assert store.records() == [] and list(store.drawings.iterdir()) == []
+    assert keep(store, 1).status == "kept"  # space again: the same drawing goes in whole
+
+
+def test_a_changed_drawing_file_is_refused_at_export(store):
+    keep(store, 1)
+    [rec] = store.records()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(store.drawings / f"{rec.hash}-28.png")
+    with pytest.raises(FeedbackError, match="does not match its hash"):
+        dataset.export(store)
+
+
+def test_a_full_disk_during_export_leaves_no_export(store, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    keep(store, 1)
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name.endswith(".json.%d.tmp" % __import__("os").getpid()):
+            real(self, data[:5])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(FeedbackError, match="No space left"):
+        dataset.export(store)
+    monkeypatch.setattr(Path, "write_bytes", real)
+    assert dataset.load() is None and not list(dataset.exports_dir().glob(".*"))
+    assert dataset.load(dataset.export(store)[0]) is not None

@@ -115,8 +115,13 @@ def export(store: FeedbackStore | None = None, folder: Path | None = None) -> tu
     folder.mkdir(parents=True, exist_ok=True)
     for target, payload in ((path, data), (manifest_path, json.dumps(manifest, indent=1).encode())):
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, target)  # the manifest goes last: an export without one is not an export
+        try:
+            tmp.write_bytes(payload)
+            os.replace(tmp, target)  # the manifest goes last: an export without one is not an export
+        except OSError as exc:
+            raise FeedbackError(f"cannot write the field export {target}: {exc.strerror or exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
     return path, manifest
 
 

@@ -112,8 +112,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
     if path.is_file() and path.stat().st_size == len(data):
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
 
 
 class LocalFeedbackStore:
