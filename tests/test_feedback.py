@@ -403,3 +403,95 @@ def test_a_full_disk_during_export_leaves_no_export(store, monkeypatch):
     monkeypatch.setattr(Path, "write_bytes", real)
     assert dataset.load() is None and not list(dataset.exports_dir().glob(".*"))
     assert dataset.load(dataset.export(store)[0]) is not None
+
+
+# ----------------------------------------------------------------------------- the shared destination (Comet)
+
+
+@pytest.fixture
+def comet(tmp_path, monkeypatch):
+    import os
+
+    from fake_comet import FakeComet
+
+    monkeypatch.setenv("HOME", str(tmp_path / "userhome"))
+    (tmp_path / "userhome").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for var in list(os.environ):
+        if var.startswith("COMET_") or var in ("DIGITOPS_COMET_OFFLINE", "DIGITOPS_PROJECT"):
+            monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DIGITOPS_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("COMET_PROJECT_NAME", "digits")
+    monkeypatch.setenv("COMET_TIMEOUT_UPLOAD", "8")
+    with FakeComet() as server:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        yield server
+
+
+def test_replicas_share_their_drawings_through_one_comet_experiment(comet, tmp_path, monkeypatch):
+    from digitops.feedback import comet as shared
+
+    a, b = LocalFeedbackStore(tmp_path / "replica-a"), LocalFeedbackStore(tmp_path / "replica-b")
+    for seed in (1, 2, 3):
+        keep(a, seed, label=seed)
+    for seed in (3, 4):
+        keep(b, seed, label=seed)
+    first = shared.sync(a)
+    assert (first.pushed, first.pulled, first.refused) == (3, 0, 0) and first.experiment_key
+    second = shared.sync(b)
+    assert (second.pushed, second.pulled) == (1, 2) and second.experiment_key == first.experiment_key
+    third = shared.sync(a)
+    assert (third.pushed, third.pulled) == (0, 1)
+    assert {r.hash for r in a.records()} == {r.hash for r in b.records()} and len(a.records()) == 4
+    assert {(r.hash, r.label) for r in a.records()} == {(r.hash, r.label) for r in b.records()}
+    [exp] = comet.project_experiments("digits-field-drawings")
+    assert exp.name == shared.EXPERIMENT_NAME and len(exp.assets) == 4
+    assert not comet.project_experiments("digits")  # the compared project stays clean
+    # Already in step: nothing is sent again.
+    assert (shared.sync(b).pushed, shared.sync(b).pulled) == (0, 0)
+    monkeypatch.setenv("DIGITOPS_FEEDBACK_DIR", str(tmp_path / "replica-b"))
+    res = _cli("sync")
+    assert res.exit_code == 0 and "0 drawing(s) sent, 0 received" in res.output
+    monkeypatch.delenv("COMET_API_KEY")
+    res = _cli("sync")
+    assert res.exit_code == 1 and "Comet is not set up" in res.output
+
+
+def test_a_forged_comet_asset_is_refused(comet, tmp_path):
+    import base64
+    import json
+
+    from digitops.feedback import comet as shared
+
+    a = LocalFeedbackStore(tmp_path / "a")
+    keep(a, 1)
+    shared.sync(a)
+    [exp] = comet.project_experiments("digits-field-drawings")
+    from fake_comet import Asset
+
+    forged = {"label": 12, "canvas_png": base64.b64encode(drawing(9)).decode(), "model_name": "m", "model_version": "1"}
+    exp.assets.append(Asset("forged1", "0" * 64 + ".json", json.dumps(forged).encode()))
+    lying = {"label": 3, "canvas_png": base64.b64encode(drawing(8)).decode(), "model_name": "m", "model_version": "1"}
+    exp.assets.append(Asset("forged2", "f" * 64 + ".json", json.dumps(lying).encode()))
+    b = LocalFeedbackStore(tmp_path / "b")
+    result = shared.sync(b)
+    assert result.refused == 2 and len(b.records()) == 2  # the label-12 drawing is not kept; the renamed one is, under its true hash
+    assert "f" * 64 not in {r.hash for r in b.records()}
+
+
+def test_comet_down_is_one_line_and_nothing_is_lost(comet, tmp_path, monkeypatch):
+    from digitops.feedback import FeedbackStoreError
+    from digitops.feedback import comet as shared
+
+    a = LocalFeedbackStore(tmp_path / "a")
+    keep(a, 1)
+    comet.go_down()
+    with pytest.raises(FeedbackStoreError, match="could not be synced with Comet") as err:
+        shared.sync(a)
+    assert comet.api_key not in str(err.value) and "\n" not in str(err.value)
+    assert len(a.records()) == 1
+    # The export still works, from this machine's drawings, and says why.
+    monkeypatch.setenv("DIGITOPS_FEEDBACK_DIR", str(tmp_path / "a"))
+    res = _cli("export")
+    assert res.exit_code == 0 and "exporting this machine's drawings only" in res.output

@@ -72,13 +72,40 @@ def stats_cmd(as_json: bool) -> None:
     click.echo(confusion_text(result["confusion"]))
 
 
+@feedback_cmd.command("sync")
+def sync_cmd() -> None:
+    """With Comet on: send this machine's drawings to the shared experiment and receive the others'."""
+    from digitops import config
+    from digitops.feedback import FeedbackError
+    from digitops.feedback import comet as shared
+
+    if not config.comet_enabled():
+        raise click.ClickException("Comet is not set up (no COMET_API_KEY): drawings stay in this machine's store")
+    try:
+        click.echo(shared.sync(_store()).line())
+    except FeedbackError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @feedback_cmd.command("export")
 def export_cmd() -> None:
-    """Write the drawings as a versioned, checksummed NPZ (what evaluation and training load)."""
+    """Write the drawings as a versioned, checksummed NPZ (what evaluation and training load).
+
+    With Comet on, the shared experiment's drawings are received first (see `sync`).
+    """
+    from digitops import config
     from digitops.feedback import FeedbackError, dataset
 
+    store = _store()
+    if config.comet_enabled():
+        from digitops.feedback import comet as shared
+
+        try:
+            click.echo(shared.sync(store).line())
+        except FeedbackError as exc:
+            click.echo(f"Warning: {exc}; exporting this machine's drawings only", err=True)
     try:
-        path, manifest = dataset.export(_store())
+        path, manifest = dataset.export(store)
     except FeedbackError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{manifest['version']}: {manifest['count']} drawing(s), {manifest['test_count']} for testing only")
