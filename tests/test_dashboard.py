@@ -1014,6 +1014,8 @@ def test_browser_wrong_it_is_4_keeps_one_record_even_when_pressed_twice(page, vo
         )
         states.append(page.get_attribute(".dg-fb-status", "data-state"))
     assert states == ["kept", "unchanged"], (states, srv.log())
+    browser.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(browser.ARTIFACTS / "dashboard-feedback.png"), full_page=True)
     listed = CliRunner().invoke(cli, ["feedback", "list", "--json"])
     records = [json.loads(line) for line in listed.output.splitlines()]
     assert listed.exit_code == 0 and len(records) == 1, listed.output
