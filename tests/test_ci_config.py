@@ -283,3 +283,11 @@ def test_pip_cache_and_install(jobs: dict[str, dict[str, Any]]) -> None:
     assert any(c["paths"] == [".cache/pip"] for c in caches)
     assert config["default"]["image"].startswith("python:3.11")
     assert any("pip install" in line for line in config["default"]["before_script"])
+
+
+def test_train_exports_the_field_drawings_before_training(jobs: dict[str, dict[str, Any]]) -> None:
+    """One export, made before training, travels in .digitops to evaluation: both use the same field set."""
+    script = jobs["train"]["script"]
+    export = next(i for i, line in enumerate(script) if "digitops feedback export --if-any" in line)
+    assert export < next(i for i, line in enumerate(script) if "digitops run train" in line)
+    assert ".digitops" in jobs["train"]["artifacts"]["paths"]

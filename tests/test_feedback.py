@@ -216,6 +216,9 @@ def _cli(*args):
 def test_cli_list_stats_export(store):
     res = _cli("list")
     assert res.exit_code == 0 and "no field drawings" in res.output
+    assert _cli("export").exit_code == 1
+    res = _cli("export", "--if-any")
+    assert res.exit_code == 0 and "nothing exported" in res.output and dataset.latest() is None
     keep(store, 1, label=4, predicted=9)
     keep(store, 2, label=4, predicted=4, model_version="1.1.0")
     keep(store, 3, label=7, predicted=1)

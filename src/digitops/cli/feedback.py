@@ -88,7 +88,8 @@ def sync_cmd() -> None:
 
 
 @feedback_cmd.command("export")
-def export_cmd() -> None:
+@click.option("--if-any", is_flag=True, help="No drawings yet is not an error (CI: exit 0, nothing exported).")
+def export_cmd(if_any: bool) -> None:
     """Write the drawings as a versioned, checksummed NPZ (what evaluation and training load).
 
     With Comet on, the shared experiment's drawings are received first (see `sync`).
@@ -104,6 +105,9 @@ def export_cmd() -> None:
             click.echo(shared.sync(store).line())
         except FeedbackError as exc:
             click.echo(f"Warning: {exc}; exporting this machine's drawings only", err=True)
+    if if_any and not store.records():
+        click.echo("no field drawings yet: nothing exported")
+        return
     try:
         path, manifest = dataset.export(store)
     except FeedbackError as exc:
