@@ -130,8 +130,16 @@ def test_settings_switch_and_bad_numbers(monkeypatch, tmp_path):
     monkeypatch.setenv("DIGITOPS_FEEDBACK", "off")
     assert not settings().enabled
     monkeypatch.setenv("DIGITOPS_GATE_FIELD_MIN", "lots")
+    from digitops.feedback import gate_settings
+
     with pytest.raises(FeedbackError, match="DIGITOPS_GATE_FIELD_MIN"):
-        settings()
+        gate_settings()
+    monkeypatch.setenv("DIGITOPS_GATE_FIELD_MIN", "3")
+    monkeypatch.setenv("DIGITOPS_GATE_FIELD_TOLERANCE", "nan")
+    with pytest.raises(FeedbackError, match="DIGITOPS_GATE_FIELD_TOLERANCE"):
+        gate_settings()
+    # The dashboard's switch and the store's folder never depend on the gate's numbers.
+    assert settings().enabled is False and LocalFeedbackStore().records() == []
 
 
 # ----------------------------------------------------------------------------- exports and the split

@@ -36,10 +36,7 @@ class FeedbackPanel:
 
     def __init__(self, version: Any, open_store: Callable[[], Any] | None = None) -> None:
         self.version = version
-        try:
-            self.enabled = settings().enabled
-        except FeedbackError:
-            self.enabled = True  # only the gate's numbers can be malformed; the switch itself cannot
+        self.enabled = settings().enabled
         self._open_store = open_store
         self._store: Any = None
         self._pending: tuple[bytes, int, list[float]] | None = None

@@ -25,12 +25,18 @@ class FeedbackStoreError(FeedbackError):
 
 @dataclass(frozen=True)
 class Settings:
-    """Feedback settings, all read from the environment here and nowhere else."""
+    """Feedback settings, read from the environment here and nowhere else."""
 
     enabled: bool  #: DIGITOPS_FEEDBACK (on unless "off", "0", "false", "no")
     folder: str  #: DIGITOPS_FEEDBACK_DIR, default <DIGITOPS_HOME>/feedback
-    gate_min: int  #: DIGITOPS_GATE_FIELD_MIN: field-set drawings needed before the gate checks them
-    gate_tolerance: float  #: DIGITOPS_GATE_FIELD_TOLERANCE: how much lower the candidate may score
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """The field-set rule of the gate."""
+
+    minimum: int  #: DIGITOPS_GATE_FIELD_MIN: field-set drawings needed before the gate checks them
+    tolerance: float  #: DIGITOPS_GATE_FIELD_TOLERANCE: how much lower the candidate may score
 
 
 DEFAULT_GATE_MIN = 30
@@ -38,9 +44,14 @@ DEFAULT_GATE_TOLERANCE = 0.02
 
 
 def settings() -> Settings:
-    """The feedback settings from the environment; a malformed number is a FeedbackError naming the variable."""
+    """Whether feedback is on and where it is kept (never fails: the dashboard reads it)."""
     flag = os.environ.get("DIGITOPS_FEEDBACK", "on").strip().lower()
     folder = os.environ.get("DIGITOPS_FEEDBACK_DIR") or str(config.home() / "feedback")
+    return Settings(enabled=flag not in ("off", "0", "false", "no"), folder=folder)
+
+
+def gate_settings() -> GateSettings:
+    """The gate's field-set settings; a malformed number is a FeedbackError naming the variable."""
 
     def number(name: str, default: float, kind: type) -> float:
         raw = os.environ.get(name, "").strip()
@@ -50,13 +61,11 @@ def settings() -> Settings:
             value = kind(raw)
         except ValueError:
             raise FeedbackError(f"{name}={raw!r} is not a {kind.__name__}") from None
-        if value < 0:
-            raise FeedbackError(f"{name}={raw!r} must not be negative")
+        if value < 0 or value != value:
+            raise FeedbackError(f"{name}={raw!r} must be a number >= 0")
         return value
 
-    return Settings(
-        enabled=flag not in ("off", "0", "false", "no"),
-        folder=folder,
-        gate_min=int(number("DIGITOPS_GATE_FIELD_MIN", DEFAULT_GATE_MIN, int)),
-        gate_tolerance=float(number("DIGITOPS_GATE_FIELD_TOLERANCE", DEFAULT_GATE_TOLERANCE, float)),
+    return GateSettings(
+        minimum=int(number("DIGITOPS_GATE_FIELD_MIN", DEFAULT_GATE_MIN, int)),
+        tolerance=float(number("DIGITOPS_GATE_FIELD_TOLERANCE", DEFAULT_GATE_TOLERANCE, float)),
     )

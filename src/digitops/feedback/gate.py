@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from digitops.feedback import FeedbackError, settings
+from digitops.feedback import FeedbackError, gate_settings
 
 _EPS = 1e-9
 
@@ -30,12 +30,12 @@ def judge(metrics: Mapping[str, Any], verdict: str, reasons: list[str]) -> tuple
         return verdict, reasons
     reasons = list(reasons)
     try:
-        s = settings()
+        s = gate_settings()
     except FeedbackError as exc:
         return "fail", [f"Field drawings: the gate's settings are malformed ({exc}), so it refuses."] + reasons
     cand, prod = _num(metrics, "field_accuracy"), _num(metrics, "field_production_accuracy")
-    if n < s.gate_min:
-        reasons.append(f"Field drawings: {int(n)} in the test set, fewer than {s.gate_min} "
+    if n < s.minimum:
+        reasons.append(f"Field drawings: {int(n)} in the test set, fewer than {s.minimum} "
                        f"(DIGITOPS_GATE_FIELD_MIN), so they inform but do not gate.")
     elif (_num(metrics, "field_production_missing") or 0) > 0:
         verdict = "fail"
@@ -43,13 +43,13 @@ def judge(metrics: Mapping[str, Any], verdict: str, reasons: list[str]) -> tuple
                        "does not pass (see the evaluation notebook).")
     elif prod is None or cand is None:
         reasons.append(f"Field drawings: no production model to compare with on {int(n)} drawings.")
-    elif cand + s.gate_tolerance + _EPS < prod:
+    elif cand + s.tolerance + _EPS < prod:
         verdict = "fail"
         reasons.insert(0, f"Field drawings: candidate {cand:.2%} is worse than production {prod:.2%} on {int(n)} "
-                       f"drawings by more than the tolerance {s.gate_tolerance:.2%}.")
+                       f"drawings by more than the tolerance {s.tolerance:.2%}.")
     else:
         reasons.append(f"Field drawings: candidate {cand:.2%} vs production {prod:.2%} on {int(n)} drawings "
-                       f"(tolerance {s.gate_tolerance:.2%}): not worse.")
+                       f"(tolerance {s.tolerance:.2%}): not worse.")
     return verdict, reasons
 
 
