@@ -329,3 +329,11 @@ def test_images_are_built_by_buildah_only_when_needed(jobs: dict[str, dict[str, 
     assert 'echo "DASHBOARD_IMAGE=$image@$(cat dashboard.digest)" > dashboard-image.env' in script
     # The manual deploy rolls out what dashboard-image pushed.
     assert 'sh deploy/deploy.sh "$DASHBOARD_IMAGE"' in "\n".join(jobs["deploy-dashboard"]["script"])
+
+
+def test_train_exports_the_field_drawings_before_training(jobs: dict[str, dict[str, Any]]) -> None:
+    """One export, made before training, travels in .digitops to evaluation: both use the same field set."""
+    script = jobs["train"]["script"]
+    export = next(i for i, line in enumerate(script) if "digitops feedback export --if-any" in line)
+    assert export < next(i for i, line in enumerate(script) if "digitops run train" in line)
+    assert ".digitops" in jobs["train"]["artifacts"]["paths"]

@@ -474,6 +474,8 @@ def test_server_env_makes_state_paths_absolute(tmp_path, monkeypatch):
     assert env["DIGITOPS_DASHBOARD_FILES"] == "runs"
     monkeypatch.setenv("DIGITOPS_RUNS", "/somewhere/else")
     assert "DIGITOPS_DASHBOARD_FILES" not in server.server_env(tmp_path)
+    monkeypatch.setenv("DIGITOPS_FEEDBACK_DIR", "fb")  # kernels run elsewhere: field drawings still land here
+    assert server.server_env(tmp_path)["DIGITOPS_FEEDBACK_DIR"] == str(tmp_path / "fb")
 
 
 # ----------------------------------------------------------------------------- deploy files
@@ -934,3 +936,88 @@ def test_ws_kernel_cap_counts_a_rendering_page_once(tmp_path, tiny_models):
 
     with browser.VoilaServer(tmp_path, env, max_kernels=2) as srv:
         assert _ws(two, srv) == (200, 200), srv.log()
+
+
+# ----------------------------------------------------------------------------- feedback (field drawings)
+
+
+def _fb_state(app) -> str:
+    return re.search(r'data-state="(\w+)"', app.feedback.status.value).group(1)
+
+
+def test_feedback_buttons_appear_after_a_prediction_and_keep_one_record(digit_app):
+    from digitops.feedback.store import LocalFeedbackStore
+
+    assert digit_app.feedback.widget.layout.display == "none"
+    assert digit_app.feedback.submit(4) == "none"  # nothing predicted yet: nothing kept
+    png = drawn_png([[(0.5, 0.2), (0.5, 0.8)]])
+    digit_app.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(png)])
+    said = digit_app.predict()
+    assert digit_app.feedback.widget.layout.display == "flex"
+    assert "used to test future models" in digit_app.feedback.widget.children[2].value
+    assert digit_app.feedback.submit(4) == "kept" and "kept as a 4" in digit_app.feedback.status.value
+    assert digit_app.feedback.submit(4) == "unchanged"
+    digit_app.feedback.wrong[4].click()  # the button itself
+    [rec] = LocalFeedbackStore().records()
+    assert (rec.label, rec.predicted, rec.model_version) == (4, said, digit_app.version.version)
+    assert (LocalFeedbackStore().drawings / f"{rec.hash}.png").read_bytes() == png
+    digit_app.feedback.right.click()  # "Right": the prediction was the digit
+    assert LocalFeedbackStore().records()[0].label == said
+    digit_app.clear()
+    assert digit_app.feedback.widget.layout.display == "none" and digit_app.feedback.submit(1) == "none"
+    assert all(_widget_buffers(wd) == [] for wd in digit_app.feedback.widget.children)
+
+
+def test_feedback_off_shows_no_buttons_and_keeps_nothing(home, tiny_models, monkeypatch):
+    from digitops.dashboard.app import DigitApp
+    from digitops.feedback.store import LocalFeedbackStore
+
+    monkeypatch.setenv("DIGITOPS_FEEDBACK", "off")
+    mv = SqliteRegistry().register(NAME, tiny_models[0], "run-x", status="production")
+    app = DigitApp(mv, loader.load())
+    app.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(drawn_png([[(0.5, 0.2), (0.5, 0.8)]]))])
+    assert app.predict() is not None
+    assert app.feedback.widget.layout.display == "none" and app.feedback.submit(4) == "none"
+    assert not (home / "feedback").exists() or LocalFeedbackStore().records() == []
+
+
+def test_feedback_store_failure_is_a_message_and_the_page_stays_usable(digit_app, capsys):
+    (digit_app_home := Path(__import__("os").environ["DIGITOPS_HOME"])).mkdir(parents=True, exist_ok=True)
+    (digit_app_home / "feedback").write_text("a file where the store's folder should be")
+    digit_app.canvas._on_frontend_msg(None, {"type": "image"}, [memoryview(drawn_png([[(0.5, 0.2), (0.5, 0.8)]]))])
+    assert digit_app.predict() is not None
+    assert digit_app.feedback.submit(4) == "error" and _fb_state(digit_app) == "error"
+    shown = digit_app.feedback.status.value
+    assert "could not be kept" in shown and "Traceback" not in shown and str(digit_app_home) not in shown
+    assert digit_app.predict() is not None  # predicting still works
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_wrong_it_is_4_keeps_one_record_even_when_pressed_twice(page, voila, monkeypatch):
+    from digitops.cli import cli
+
+    srv, mv = voila
+    monkeypatch.setenv("DIGITOPS_HOME", srv.env["DIGITOPS_HOME"])
+    monkeypatch.delenv("DIGITOPS_FEEDBACK_DIR", raising=False)
+    browser.click_and_wait(page, "button.dg-clear")
+    assert not page.locator(".dg-feedback").is_visible()
+    browser.draw(page, browser.DIGIT_STROKES[4])
+    assert browser.click_and_wait(page, "button.dg-predict")["state"] == "prediction"
+    assert page.locator(".dg-feedback").is_visible() and "used to test future models" in page.inner_text(".dg-feedback")
+    states = []
+    for _ in range(2):
+        seq = int(page.get_attribute(".dg-fb-status", "data-seq") or 0)
+        page.click("button.dg-fb-wrong-4")
+        page.wait_for_function(
+            "s => Number(document.querySelector('.dg-fb-status').dataset.seq) > s", arg=seq, timeout=30_000
+        )
+        states.append(page.get_attribute(".dg-fb-status", "data-state"))
+    assert states == ["kept", "unchanged"], (states, srv.log())
+    browser.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(browser.ARTIFACTS / "dashboard-feedback.png"), full_page=True)
+    listed = CliRunner().invoke(cli, ["feedback", "list", "--json"])
+    records = [json.loads(line) for line in listed.output.splitlines()]
+    assert listed.exit_code == 0 and len(records) == 1, listed.output
+    assert records[0]["label"] == 4 and records[0]["model_version"] == mv.version
+    assert records[0]["predicted"] in range(10) and len(records[0]["probabilities"]) == 10

@@ -120,3 +120,57 @@ def test_ci_register_job_keeps_registering_as_staging(workdir: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert get_registry().get_version("mnist-digits", "0.1.0").status == "staging"
     assert get_registry().get_by_status("mnist-digits") is None
+
+
+def _synthesise_field_drawings(n_per_digit: int = 4) -> int:
+    """Field drawings made from MNIST test digits, enlarged to canvas size and kept through the store's API.
+
+    Stand-ins for drawings people made in the dashboard (the browser path is covered in test_dashboard.py);
+    labels are the MNIST labels, "predicted" unknown.
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from digitops import data
+    from digitops.feedback.store import LocalFeedbackStore
+
+    mnist = data.load()
+    store, kept = LocalFeedbackStore(), 0
+    for digit in range(10):
+        for index in np.flatnonzero(mnist.y_test == digit)[:n_per_digit]:
+            buf = io.BytesIO()
+            Image.fromarray(mnist.x_test[index]).resize((280, 280), Image.Resampling.BILINEAR).save(buf, "PNG")
+            kept += store.add(buf.getvalue(), digit, model_name="mnist-digits", model_version="synthetic").status == "kept"
+    return kept
+
+
+@pytest.mark.slow
+def test_pipeline_reports_the_field_set_for_candidate_and_production(workdir: Path, monkeypatch) -> None:
+    assert _synthesise_field_drawings() == 40
+    exported = digitops("feedback", "export", cwd=workdir)
+    assert exported.returncode == 0 and "40 drawing(s)" in exported.stdout, exported.stderr
+    monkeypatch.setenv("DIGITOPS_GATE_FIELD_MIN", "5")  # ~20 test drawings: gate on them
+    monkeypatch.setenv("DIGITOPS_GATE_FIELD_TOLERANCE", "1")  # tiny models: the rule must run, not bite
+    monkeypatch.setenv("DIGITOPS_GATE_TOLERANCE", "1")
+    first = digitops("pipeline", *TINY, cwd=workdir)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    second = digitops("pipeline", *TINY, "-p", "field_train_share", "1", cwd=workdir)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+
+    newest = get_tracker().list_runs()[0]
+    folder = workdir / "runs" / newest.run_id
+    report = (folder / "report" / "report.md").read_text()
+    row = next(line for line in report.splitlines() if "field drawings: candidate vs production on" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1].endswith("%") and cells[6].endswith("%"), row  # candidate and production both scored
+    assert "Field drawings: candidate" in report and "not worse" in report
+    metrics = json.loads((folder / "metrics.json").read_text())
+    training, test = metrics["field_training"], metrics["field_test"]
+    assert training["export"] == test["export"] and training["train_images"] > 0
+    assert test["images"] == len(test["hashes"]) > 5 and not set(training["train_hashes"]) & set(test["hashes"])
+    assert newest.params["field_train_share"] in (1, 1.0, "1", "1.0")
+    evaluate_html = (folder / "evaluate.html").read_text()
+    assert "Field drawings" in evaluate_html and "on the same drawings" in evaluate_html
+    assert evaluate_html.count("data:image/png;base64") >= 3  # confusion, mistakes and the field set's mistakes

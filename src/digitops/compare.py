@@ -372,6 +372,9 @@ def compare(
         ]
     else:
         verdict, reasons = _judge(metric, candidate, gate, prod, main.production, main.delta_production)
+        from digitops.feedback import gate as field_gate  # the field-set rule (digits corrected in the dashboard)
+
+        verdict, reasons = field_gate.judge(run.metrics, verdict, reasons)
         reasons.append(_project_sentence(run, main))
         if problem is not None:
             reasons.insert(

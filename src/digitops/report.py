@@ -153,6 +153,9 @@ def _view(
             }
         )
 
+    from digitops.feedback import gate as field_gate  # the "field drawings" row, when the run was scored on them
+
+    rows += field_gate.report_rows(run.metrics)
     params = [(k, _shown_param(k, v)) for k, v in sorted(run.params.items())]
     param_diff: list[tuple[str, str, str]] | None = None
     if not c.judged:

@@ -44,7 +44,8 @@ def cli(offline: bool, verbose: bool) -> None:
 
 
 #: Modules under digitops.cli, one per area, each exposing ``COMMANDS``.
-COMMAND_MODULES = ("run", "pipeline", "tracking", "registry", "publish", "comet", "dashboard", "doctor")
+COMMAND_MODULES = ("run", "pipeline", "tracking", "registry", "publish", "comet", "dashboard", "doctor",
+                   "feedback")
 
 
 def _add_commands() -> None:

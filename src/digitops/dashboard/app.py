@@ -24,6 +24,7 @@ import numpy as np
 from digitops import config
 from digitops.dashboard import loader, modelserver
 from digitops.dashboard.canvas import DrawingCanvas
+from digitops.dashboard.feedback import FeedbackPanel
 from digitops.preprocess import EMPTY_MESSAGE, preprocess, to_png
 
 log = logging.getLogger("digitops.dashboard")
@@ -51,6 +52,8 @@ _STYLE = """
 .dg-card table td { padding: 1px 8px 1px 0; }
 .dg-notice { max-width: 720px; padding: 16px 20px; border: 1px solid #d9b44a; background: #fffaf0; border-radius: 8px; }
 .dg-notice pre { background: #f4f4f4; padding: 8px; }
+.dg-fb-note { font-size: 12px; color: #666; max-width: 420px; }
+.dg-fb-status { font-size: 13px; min-height: 18px; }
 </style>
 """
 
@@ -159,6 +162,7 @@ class DigitApp:
         self.bars = w.HTML(_bars_html(None))
         self.seen = w.HTML(seen_html(np.zeros((28, 28), np.uint8)))
         self.card = w.HTML(model_card_html(version))
+        self.feedback = FeedbackPanel(version)
         for widget, cls in (
             (self.predict_button, "dg-predict"),
             (self.clear_button, "dg-clear"),
@@ -193,6 +197,7 @@ class DigitApp:
     def predict(self) -> int | None:
         """Predict the digit on the canvas and show it; returns the digit, or None if nothing was drawn."""
         self.seq += 1
+        self.feedback.forget()
         try:
             try:
                 image = preprocess(self.canvas.png) if self.canvas.png is not None else None
@@ -220,6 +225,7 @@ class DigitApp:
                 f'<div class="dg-ms">model {ms:.1f} ms</div>',
                 digit=digit,
             )
+            self.feedback.offer(self.canvas.png, digit, proba)
             return digit
         except Exception:
             # Visitors get a short message; the traceback goes to the server log only.
@@ -230,6 +236,7 @@ class DigitApp:
     def clear(self) -> None:
         """Blank the canvas and the result views."""
         self.seq += 1
+        self.feedback.forget()
         self.canvas.clear()
         self.result.value = self._result_html("idle", _IDLE)
         self.bars.value = _bars_html(None)
@@ -240,7 +247,7 @@ class DigitApp:
         style = w.HTML(_STYLE)
         left = w.VBox([self.canvas, w.HBox([self.predict_button, self.clear_button]), self.live])
         seen = w.VBox([w.HTML("<b>What the model saw (28x28)</b>"), self.seen])
-        right = w.VBox([self.result, self.bars, w.HBox([seen, self.card])])
+        right = w.VBox([self.result, self.bars, self.feedback.widget, w.HBox([seen, self.card])])
         right.layout.margin = "0 0 0 24px"
         return w.VBox([style, w.HBox([left, right])])
 

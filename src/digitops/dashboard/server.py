@@ -98,6 +98,8 @@ def server_env(root_dir: Path, base: dict[str, str] | None = None) -> dict[str, 
     env["DIGITOPS_RUNS"] = str(Path(env.get("DIGITOPS_RUNS") or "runs").resolve())
     if env.get(loader.CACHE_ENV):
         env[loader.CACHE_ENV] = str(Path(env[loader.CACHE_ENV]).resolve())
+    if env.get("DIGITOPS_FEEDBACK_DIR"):  # field drawings kept by the kernels (digitops.feedback)
+        env["DIGITOPS_FEEDBACK_DIR"] = str(Path(env["DIGITOPS_FEEDBACK_DIR"]).resolve())
     runs = _relative(Path(env["DIGITOPS_RUNS"]), Path(root_dir))
     if runs is not None:
         env[app.FILES_ENV] = runs
