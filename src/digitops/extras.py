@@ -11,7 +11,7 @@ import importlib.util
 #: The modules each extra provides that digitops imports (kept in step with pyproject.toml
 #: by tests/test_packaging.py).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "dashboard": ("voila", "ipywidgets", "anywidget", "PIL"),
+    "dashboard": ("voila", "ipywidgets", "anywidget"),
     "lab": ("jupyterlab", "ipywidgets"),
 }
 
