@@ -162,7 +162,10 @@ _LOAD_LOCK = threading.Lock()
 
 def load_file(version: ModelVersion, path: Path) -> LoadedModel:
     """Load a fetched file (verified again) with Keras; each version is loaded once per process."""
-    import keras
+    from digitops.quiet import native_stderr_silenced
+
+    with native_stderr_silenced():  # TensorFlow's C++ start-up lines stay out of the server's log
+        import keras
 
     key = (version.name, version.version, version.sha256)
     with _LOAD_LOCK:
