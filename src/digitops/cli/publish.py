@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import click
 
 from digitops import config
+from digitops.errors import NotFound, UsageError
 
 #: Notebook files whose relative links the MR note turns into artifact URLs.
 NOTEBOOK_FILES = ("train.html", "train.ipynb", "evaluate.html", "evaluate.ipynb")
-
-
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
 
 
 def _runs_path() -> str:
@@ -35,19 +30,18 @@ def _read_report(report_dir: Path | None, run_id: str | None, workdir: Path) -> 
     if report_dir is not None:
         path = report_dir / "report.md"
         if not path.is_file():
-            _fail(f"{path} does not exist: write it with `digitops report RUN --out {report_dir}`", 2)
+            raise NotFound(f"{path} does not exist: write it with `digitops report RUN --out {report_dir}`")
         return path.read_text(encoding="utf-8"), report_dir
     if not run_id:
-        _fail("give --report-dir DIR (from `digitops report RUN --out DIR`) or --run RUN_ID", 2)
-    from digitops.compare import CompareError
-    from digitops.registry import RegistryError
+        raise UsageError("give --report-dir DIR (from `digitops report RUN --out DIR`) or --run RUN_ID")
+    from digitops.errors import DigitopsError
     from digitops.report import write_report
-    from digitops.tracking import TrackingError
 
     try:
         paths = write_report(run_id, workdir)
-    except (CompareError, TrackingError, RegistryError) as exc:
-        _fail(f"cannot write the report of run {run_id}: {exc}", 2)
+    except DigitopsError as exc:
+        exc.args = (f"cannot write the report of run {run_id}: {exc}",)
+        raise
     return paths["markdown"].read_text(encoding="utf-8"), workdir
 
 
@@ -168,16 +162,13 @@ def publish_mr(
         try:
             settings = gl.settings_from_env()
         except gl.GitLabConfigError as exc:
-            _fail(str(gl.GitLabConfigError(exc.missing + missing_ids, hint=exc.hint)), 2)
+            raise gl.GitLabConfigError(exc.missing + missing_ids, hint=exc.hint) from None
         if missing_ids:
-            _fail(str(gl.GitLabConfigError(missing_ids, what="link the executed notebooks in the note")), 2)
-        try:
-            result = gl.publish_mr_note(
-                note_markdown, settings=settings, image_dir=image_dir,
-                full_report_url=_report_html_url(report_dir, project_url),
-            )
-        except gl.GitLabError as exc:
-            _fail(str(exc))
+            raise gl.GitLabConfigError(missing_ids, what="link the executed notebooks in the note")
+        result = gl.publish_mr_note(
+            note_markdown, settings=settings, image_dir=image_dir,
+            full_report_url=_report_html_url(report_dir, project_url),
+        )
     click.echo(f"{result.action} note {result.note_id}: {result.url}")
 
 
@@ -216,7 +207,7 @@ def publish_trigger(
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            _fail(f"--variable expects KEY=VALUE, got {item!r}", 2)
+            raise UsageError(f"--variable expects KEY=VALUE, got {item!r}")
         variables[key] = value
 
     server_url = os.environ.get("CI_SERVER_URL", "").rstrip("/")
@@ -232,17 +223,14 @@ def publish_trigger(
         if not value
     ]
     if missing:
-        _fail(str(gl.GitLabConfigError(missing, what="trigger the dashboard project")), 2)
-    assert project is not None
+        raise gl.GitLabConfigError(missing, what="trigger the dashboard project")
+    assert project is not None  # for the type checker: a missing project raised above
     if dry_run:
         click.echo(f"would trigger {project} on {ref} at {server_url or '$CI_SERVER_URL'} with:")
         for key, value in variables.items():
             click.echo(f"  {key}={value}")
         return
-    try:
-        result = gl.trigger_downstream(project, server_url=server_url, token=token, ref=ref, variables=variables)
-    except gl.GitLabError as exc:
-        _fail(str(exc))
+    result = gl.trigger_downstream(project, server_url=server_url, token=token, ref=ref, variables=variables)
     click.echo(f"triggered pipeline {result.pipeline_id} of {result.project} on {result.ref}: {result.url}")
 
 

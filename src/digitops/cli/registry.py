@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from digitops import config
+from digitops.errors import NotFound, RegistryError, TrackingError
 from digitops.registry.base import ARCHIVED, NONE, PRODUCTION, STAGING, ModelVersion
 
 _name_option = click.option(
@@ -19,10 +20,7 @@ _name_option = click.option(
 def _registry() -> Any:
     from digitops.registry import RegistryError, get_registry
 
-    try:
-        return get_registry()
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return get_registry()
 
 
 def _chosen(reg: Any, name: str, version: str | None, status: str | None) -> Any:
@@ -31,7 +29,7 @@ def _chosen(reg: Any, name: str, version: str | None, status: str | None) -> Any
         return reg.get_version(name, version)
     found = reg.get_by_status(name, status or PRODUCTION)
     if found is None:
-        raise click.ClickException(f"{name} has no version with status {status or PRODUCTION!r}")
+        raise RegistryError(f"{name} has no version with status {status or PRODUCTION!r}")
     return found
 
 
@@ -107,11 +105,11 @@ def register_cmd(
         run = get_tracker().get_run(run_id)
     except TrackingError as exc:
         if model_path is None:
-            raise click.ClickException(f"{exc}; pass --model to register a file without a tracked run") from exc
+            raise TrackingError(f"{exc}; pass --model to register a file without a tracked run") from exc
         click.echo(f"warning: run {run_id!r} is not tracked here; registering without metrics", err=True)
     else:
         if run.status in (FAILED, ABANDONED):
-            raise click.ClickException(f"run {run_id!r} {run.status}; refusing to register its model")
+            raise RegistryError(f"run {run_id!r} {run.status}; refusing to register its model")
         metrics, artifacts = dict(run.metrics), dict(run.artifacts)
     if model_path is None:
         candidate = config.runs_dir() / run_id / "model.keras"
@@ -120,16 +118,13 @@ def register_cmd(
         elif "model.keras" in artifacts and Path(artifacts["model.keras"]).is_file():
             model_path = Path(artifacts["model.keras"])
         else:
-            raise click.ClickException(
+            raise NotFound(
                 f"no model file for run {run_id!r}: looked for {candidate} and the run's logged model.keras; "
                 "pass --model PATH"
             )
-    try:
-        version = _registry().register(
-            model_name or config.model_name(), model_path, run_id, metrics=metrics, status=status, bump=bump
-        )
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    version = _registry().register(
+        model_name or config.model_name(), model_path, run_id, metrics=metrics, status=status, bump=bump
+    )
     if as_json:
         click.echo(json.dumps(version.to_dict(), indent=2))
     else:
@@ -145,10 +140,7 @@ def list_cmd(model_name: str | None, as_json: bool) -> None:
     from digitops.registry import RegistryError
 
     name = model_name or config.model_name()
-    try:
-        versions = _registry().list_versions(name)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    versions = _registry().list_versions(name)
     if as_json:
         click.echo(json.dumps([v.to_dict() for v in versions], indent=2))
         return
@@ -191,10 +183,7 @@ def show_cmd(version: str | None, model_name: str | None, status: str | None, as
         raise click.UsageError("give VERSION or --status, not both")
     name = model_name or config.model_name()
     reg = _registry()
-    try:
-        found = _chosen(reg, name, version, status)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    found = _chosen(reg, name, version, status)
     _echo_version(found, as_json)
 
 
@@ -207,11 +196,8 @@ def promote_cmd(version: str, model_name: str | None) -> None:
 
     name = model_name or config.model_name()
     reg = _registry()
-    try:
-        before = reg.get_by_status(name, PRODUCTION)
-        promoted = reg.promote(name, version)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    before = reg.get_by_status(name, PRODUCTION)
+    promoted = reg.promote(name, version)
     was = f" (was {before.version})" if before and before.version != promoted.version else ""
     click.echo(f"production: {_describe(promoted)}{was}")
 
@@ -224,11 +210,8 @@ def rollback_cmd(model_name: str | None) -> None:
 
     name = model_name or config.model_name()
     reg = _registry()
-    try:
-        before = reg.get_by_status(name, PRODUCTION)
-        restored = reg.rollback(name)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    before = reg.get_by_status(name, PRODUCTION)
+    restored = reg.rollback(name)
     click.echo(f"production: {_describe(restored)} (rolled back from {before.version if before else '—'})")
 
 
@@ -249,12 +232,9 @@ def download_cmd(dest: Path, model_name: str | None, version: str | None, status
         raise click.UsageError("give --version or --status, not both")
     name = model_name or config.model_name()
     reg = _registry()
-    try:
-        chosen = _chosen(reg, name, version, status)
-        # Download the exact version resolved above, even if a promotion happens meanwhile.
-        path = reg.download(name, dest, version=chosen.version)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    chosen = _chosen(reg, name, version, status)
+    # Download the exact version resolved above, even if a promotion happens meanwhile.
+    path = reg.download(name, dest, version=chosen.version)
     click.echo(f"{_describe(chosen)}: sha256 verified", err=True)
     click.echo(str(path))
 

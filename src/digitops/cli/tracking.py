@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -17,7 +16,6 @@ from digitops.compare import (
     ENV_FLOOR,
     ENV_METRIC,
     ENV_TOLERANCE,
-    CompareError,
     Comparison,
     Gate,
     fmt_value,
@@ -25,33 +23,20 @@ from digitops.compare import (
     label,
 )
 
-EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-
-
-class CompareCommandError(click.ClickException):
-    """An error of ``compare``/``report``: exit 2, so CI can tell it from a failed gate (1)."""
-
-    exit_code = EXIT_ERROR
+from digitops.errors import EXIT_FAILED, EXIT_OK, CannotJudge, StoreError
 
 
 def _tracker() -> Any:
-    from digitops.tracking import TrackingError, get_tracker
+    from digitops.tracking import get_tracker
 
-    try:
-        return get_tracker()
-    except TrackingError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return get_tracker()
 
 
 def reap(tracker: Any) -> None:
     """Mark abandoned the runs whose process is gone (one line each on stderr) before reading runs."""
     from digitops import runs as runs_mod
-    from digitops.tracking import TrackingError
 
-    try:
-        gone = runs_mod.reap_abandoned(tracker)
-    except TrackingError as exc:
-        raise click.ClickException(str(exc)) from exc
+    gone = runs_mod.reap_abandoned(tracker)
     for run_id in gone:
         click.echo(f"run {run_id} was still marked running but its process is gone: marked abandoned", err=True)
 
@@ -77,14 +62,9 @@ def runs() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of run records).")
 def runs_list(project: str | None, status: str | None, limit: int, metric: str, as_json: bool) -> None:
     """Runs of the project, newest first."""
-    from digitops.tracking import TrackingError
-
     tracker = _tracker()
     reap(tracker)
-    try:
-        found = tracker.list_runs(project=project, status=status, limit=limit)
-    except TrackingError as exc:
-        raise click.ClickException(str(exc)) from exc
+    found = tracker.list_runs(project=project, status=status, limit=limit)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in found], indent=2, default=str))
         return
@@ -133,12 +113,7 @@ def _show_files(run: Any) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
 def runs_show(run_id: str, as_json: bool) -> None:
     """Everything recorded about RUN: params, metrics, history, artifacts."""
-    from digitops.tracking import TrackingError
-
-    try:
-        run = _tracker().get_run(run_id)
-    except TrackingError as exc:
-        raise click.ClickException(str(exc)) from exc
+    run = _tracker().get_run(run_id)
     if as_json:
         click.echo(json.dumps(run.to_dict(), indent=2, default=str))
         return
@@ -175,12 +150,8 @@ def runs_show(run_id: str, as_json: bool) -> None:
 def runs_mark_failed(run_id: str) -> None:
     """Close RUN as failed: for a run left running or abandoned by a process that was killed."""
     from digitops import runs as runs_mod
-    from digitops.tracking import TrackingError
 
-    try:
-        was = runs_mod.mark_failed(_tracker(), run_id)
-    except (TrackingError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    was = runs_mod.mark_failed(_tracker(), run_id)
     click.echo(f"run {run_id}: {was} -> failed")
 
 
@@ -225,39 +196,20 @@ def gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _gate(floor: str | None, tolerance: float | None, lower_is_better: bool) -> Gate:
-    try:
-        gate = Gate.from_env(tolerance=tolerance, higher_is_better=False if lower_is_better else None)
-        if floor is not None:
-            off = floor.strip().lower() in ("none", "off")
-            gate = dataclasses.replace(gate, floor=None if off else float(floor))
-        return gate
-    except ValueError:
-        raise CompareCommandError(f"--floor must be a number or 'none', got {floor!r}") from None
-    except CompareError as exc:
-        raise CompareCommandError(str(exc)) from exc
-
-
 def _compare(run_id: str, metric: str, gate: Gate, model_name: str | None, allow_unjudged: bool) -> Comparison:
     from digitops import compare as compare_mod
-    from digitops.registry import RegistryError
-    from digitops.tracking import TrackingError
 
-    try:
-        reap(_tracker())
-        return compare_mod.compare(
-            run_id, metric=metric, gate=gate, model_name=model_name, allow_unjudged=allow_unjudged
-        )
-    except (CompareError, TrackingError, RegistryError) as exc:
-        raise CompareCommandError(str(exc)) from exc
+    reap(_tracker())
+    return compare_mod.compare(run_id, metric=metric, gate=gate, model_name=model_name, allow_unjudged=allow_unjudged)
 
 
 def exit_if_unjudged(c: Comparison) -> None:
-    """Exit 2 with ``cannot judge: <why>`` on stderr when the gate could not see what it needs."""
+    """Raise :class:`CannotJudge` (exit 2, ``cannot judge: <why>``) when the gate could not see what it needs."""
     if not c.judged:
-        click.echo(f"Error: cannot judge: {c.unjudged_reason}", err=True)
-        click.echo(f"  (the candidate does not pass; --allow-unjudged / {ENV_ALLOW_UNJUDGED}=1 accepts the risk)", err=True)
-        sys.exit(EXIT_ERROR)
+        raise CannotJudge(
+            f"cannot judge: {c.unjudged_reason}\n"
+            f"  (the candidate does not pass; --allow-unjudged / {ENV_ALLOW_UNJUDGED}=1 accepts the risk)"
+        )
 
 
 def _print_comparison(c: Comparison) -> None:
@@ -295,14 +247,14 @@ def compare_cmd(
       2  error: unknown run, missing metric, bad option, or cannot judge
          (Comet / the registry could not be read; see --allow-unjudged)
     """
-    gate = _gate(floor, tolerance, lower_is_better)
+    gate = Gate.from_options(metric, floor=floor, tolerance=tolerance, lower_is_better=lower_is_better)
     c = _compare(run_id, metric, gate, model_name, allow_unjudged)
     if as_json:
         click.echo(json.dumps(c.to_dict(), indent=2, default=str))
     elif c.judged:
         _print_comparison(c)
     exit_if_unjudged(c)
-    sys.exit(EXIT_PASS if c.passed else EXIT_FAIL)
+    sys.exit(EXIT_OK if c.passed else EXIT_FAILED)
 
 
 @click.command("report")
@@ -350,19 +302,19 @@ def report_cmd(
     """
     from digitops import report as report_mod
 
-    gate = _gate(floor, tolerance, lower_is_better)
+    gate = Gate.from_options(metric, floor=floor, tolerance=tolerance, lower_is_better=lower_is_better)
     c = _compare(run_id, metric, gate, model_name, allow_unjudged)
     try:
         paths = report_mod.write_report(
             run_id, out_dir, comparison=c, base_url=base_url, run_dir=run_dir, model_name=model_name
         )
     except OSError as exc:
-        raise CompareCommandError(f"cannot write the report: {exc}") from exc
+        raise StoreError(f"cannot write the report: {exc}") from exc
     click.echo(c.headline())
     for kind, path in paths.items():
         click.echo(f"{kind}: {path}")
     exit_if_unjudged(c)
-    sys.exit(EXIT_FAIL if exit_code and not c.passed else EXIT_PASS)
+    sys.exit(EXIT_FAILED if exit_code and not c.passed else EXIT_OK)
 
 
 COMMANDS = [runs, compare_cmd, report_cmd]

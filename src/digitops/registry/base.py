@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from digitops.errors import RegistryError  # re-exported
+
 NONE, STAGING, PRODUCTION, ARCHIVED = "none", "staging", "production", "archived"
 STATUSES = (NONE, STAGING, PRODUCTION, ARCHIVED)
 
@@ -39,10 +41,6 @@ class ModelVersion:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class RegistryError(Exception):
-    """Unknown model or version, bad status, or a failed verification."""
 
 
 class Registry(abc.ABC):

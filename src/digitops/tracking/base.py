@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from digitops.errors import TrackingError  # re-exported
+
 RUNNING, FINISHED, FAILED = "running", "finished", "failed"
 #: a run left ``running`` by a process that is gone (killed, machine crashed)
 ABANDONED = "abandoned"
@@ -55,10 +57,6 @@ class MetricSummary:
     best: float | None
     best_run_id: str | None
     worst: float | None
-
-
-class TrackingError(Exception):
-    """A tracking operation failed (unknown run, bad status, storage error)."""
 
 
 class Tracker(abc.ABC):
