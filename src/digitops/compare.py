@@ -48,8 +48,7 @@ ENV_ALLOW_UNJUDGED = "DIGITOPS_ALLOW_UNJUDGED"
 
 def allow_unjudged_default(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``$DIGITOPS_ALLOW_UNJUDGED`` accepts judging against the local store."""
-    env = os.environ if environ is None else environ
-    return env.get(ENV_ALLOW_UNJUDGED, "").strip().lower() in ("1", "true", "yes", "on", "allow")
+    return (config.env(ENV_ALLOW_UNJUDGED, environ) or "").strip().lower() in ("1", "true", "yes", "on", "allow")
 
 
 # -- formatting shared with the report -----------------------------------------------
@@ -132,12 +131,11 @@ class Gate:
         A floor of ``none`` (or ``off``) disables the floor; so does
         ``higher_is_better=False`` without an explicit floor.
         """
-        env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        raw_floor = env.get(ENV_FLOOR, "").strip()
+        raw_floor = (config.env(ENV_FLOOR, environ) or "").strip()
         if raw_floor:
             values["floor"] = None if raw_floor.lower() in ("none", "off") else _env_float(ENV_FLOOR, raw_floor)
-        raw_tol = env.get(ENV_TOLERANCE, "").strip()
+        raw_tol = (config.env(ENV_TOLERANCE, environ) or "").strip()
         if raw_tol:
             values["tolerance"] = _env_float(ENV_TOLERANCE, raw_tol)
         values.update({k: v for k, v in overrides.items() if v is not None})

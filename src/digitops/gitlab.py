@@ -168,7 +168,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> GitLabSettings:
     return GitLabSettings(
         max_wait=max_wait_from_env(env),
         server_url=env["CI_SERVER_URL"].strip().rstrip("/"),
-        token=env["GITLAB_TOKEN"].strip(),
+        token=(config.env("GITLAB_TOKEN", env) or "").strip(),
         project_id=env["CI_MERGE_REQUEST_PROJECT_ID"].strip(),
         mr_iid=int(iid),
         project_url=env["CI_PROJECT_URL"].strip().rstrip("/"),
@@ -177,8 +177,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> GitLabSettings:
 
 def max_wait_from_env(env: Mapping[str, str] | None = None) -> float:
     """``DIGITOPS_GITLAB_MAX_WAIT`` in seconds (default 120); :class:`GitLabConfigError` if not a number >= 0."""
-    env = os.environ if env is None else env
-    raw = env.get("DIGITOPS_GITLAB_MAX_WAIT", "").strip()
+    raw = (config.env("DIGITOPS_GITLAB_MAX_WAIT", env) or "").strip()
     if not raw:
         return DEFAULT_MAX_WAIT
     try:

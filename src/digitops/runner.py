@@ -133,8 +133,8 @@ class StageResult:
 
 def notebooks_dir() -> Path:
     """``$DIGITOPS_NOTEBOOKS``, else ``./notebooks``, else the checkout this package lives in."""
-    if os.environ.get("DIGITOPS_NOTEBOOKS"):
-        return Path(os.environ["DIGITOPS_NOTEBOOKS"])
+    if config.env("DIGITOPS_NOTEBOOKS"):
+        return Path(config.env("DIGITOPS_NOTEBOOKS") or "")
     here = Path("notebooks")
     if (here / "train.ipynb").is_file():
         return here

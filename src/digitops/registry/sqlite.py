@@ -96,7 +96,6 @@ CREATE INDEX promotions_by_name ON promotions (name, version);
 """
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 
 
 def _migrate(con: sqlite3.Connection, from_version: int) -> None:
@@ -106,7 +105,7 @@ def _migrate(con: sqlite3.Connection, from_version: int) -> None:
 
 def current_user() -> str:
     """Who registers: ``$GITLAB_USER_LOGIN`` in CI, else the OS user."""
-    login = os.environ.get("GITLAB_USER_LOGIN")
+    login = config.env("GITLAB_USER_LOGIN")
     if login:
         return login
     try:
@@ -339,10 +338,6 @@ class SqliteRegistry(Registry):
             "SELECT * FROM versions WHERE name = ? ORDER BY major, minor, patch", (name,)
         )
         return [_row_to_version(r) for r in rows]
-
-    def list_models(self) -> list[str]:
-        """Names of all registered models."""
-        return [r["name"] for r in self._query("SELECT DISTINCT name FROM versions ORDER BY name", ())]
 
     def get_version(self, name: str, version: str) -> ModelVersion:
         """One version, or :class:`RegistryError` naming the known ones."""

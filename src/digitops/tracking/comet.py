@@ -367,7 +367,7 @@ class CometTracker(SqliteTracker):
     def end_run(self, run_id: str, status: str = FINISHED) -> None:
         """End the run locally, then mirror it to Comet (or keep it offline). Never fails on Comet."""
         super().end_run(run_id, status)
-        owner = os.environ.get(OWNER_ENV)
+        owner = config.env(OWNER_ENV)
         if owner and owner != str(os.getpid()):
             return  # a kernel launched by the runner: the runner mirrors when it ends the run
         try:
