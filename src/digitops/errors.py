@@ -3,7 +3,7 @@
 Every error the library raises on purpose is a :class:`DigitopsError`; each area
 has its subclass, and each class carries the exit code the command line ends
 with. The one place that turns them into an exit is
-:func:`digitops.cli.errors.handled` (used by the ``digitops`` group), so every
+:class:`digitops.cli.DigitopsGroup` (the ``digitops`` group), so every
 command exits the same way for the same trouble:
 
 ====  ==========================================================================

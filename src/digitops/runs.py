@@ -259,3 +259,12 @@ def resolve_model(run_id: str = "", model_path: str = "", output_dir: str = "") 
         raise NotFound(f"no model file at {model_file}")
     folder = Path(output_dir) if output_dir else run_dir(run_id)
     return run_id, folder, model_file
+
+
+def write_dotenv(path: Path, run_id: str, stage: str) -> None:
+    """Record the run id (and the CI job that made it) for later jobs."""
+    lines = [f"RUN_ID={run_id}"]
+    if os.environ.get("CI_JOB_ID"):
+        lines.append(f"{stage.upper()}_JOB_ID={os.environ['CI_JOB_ID']}")
+    with path.open("a") as fh:
+        fh.write("\n".join(lines) + "\n")

@@ -81,8 +81,11 @@ def cli(offline: bool, verbose: bool) -> None:
         comet_env.force_offline()
 
 
-#: Modules under digitops.cli, one per area, each exposing ``COMMANDS``.
-COMMAND_MODULES = ("run", "pipeline", "tracking", "registry", "publish", "comet", "dashboard", "doctor")
+#: Modules under digitops.cli, one per command (group) and named after it, each exposing ``COMMANDS``.
+COMMAND_MODULES = (
+    "data", "params", "run", "pipeline", "runs", "compare", "report", "registry", "publish", "sync", "comet",
+    "dashboard", "doctor",
+)
 
 
 def _add_commands() -> None:

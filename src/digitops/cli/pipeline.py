@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from digitops.cli.compare import exit_if_unjudged, gate_options
 from digitops.cli.run import collect_parameters, param_options
-from digitops.cli.tracking import _tracker, exit_if_unjudged, gate_options, reap
+from digitops.cli.runs import reap, tracker
 from digitops.compare import Gate
 from digitops.errors import EXIT_FAILED
 
@@ -50,7 +51,7 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
 
     parameters = collect_parameters(profile, files, pairs)
     gate = Gate.from_options(metric, floor=floor, tolerance=tolerance, lower_is_better=lower_is_better)
-    reap(_tracker())
+    reap(tracker())
     result = run_pipeline(
         parameters, gate=gate, metric=metric, model_name=model_name, register=not no_register, promote=promote,
         auto_promote=not no_auto_promote, base_url=base_url, log_output=log_output,

