@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digitops.errors import RegistryError  # re-exported
+from digitops.errors import RegistryError, UsageError  # RegistryError re-exported
 
 NONE, STAGING, PRODUCTION, ARCHIVED = "none", "staging", "production", "archived"
 STATUSES = (NONE, STAGING, PRODUCTION, ARCHIVED)
@@ -66,6 +66,21 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def get_version(self, name: str, version: str) -> ModelVersion:
         """One version, or :class:`RegistryError`."""
+
+    def resolve(self, name: str, version: str | None = None, status: str | None = None) -> ModelVersion:
+        """``version`` if given, else the newest version with ``status`` (production by default).
+
+        Raises :class:`~digitops.errors.UsageError` for both at once and
+        :class:`RegistryError` when no version has the status.
+        """
+        if version and status:
+            raise UsageError("give a version or a status, not both")
+        if version:
+            return self.get_version(name, version)
+        found = self.get_by_status(name, status or PRODUCTION)
+        if found is None:
+            raise RegistryError(f"{name} has no version with status {status or PRODUCTION!r}")
+        return found
 
     @abc.abstractmethod
     def get_by_status(self, name: str, status: str = PRODUCTION) -> ModelVersion | None:
