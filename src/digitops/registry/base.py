@@ -17,8 +17,7 @@ from typing import Any
 
 from digitops.errors import RegistryError, UsageError  # RegistryError re-exported
 
-NONE, STAGING, PRODUCTION, ARCHIVED = "none", "staging", "production", "archived"
-STATUSES = (NONE, STAGING, PRODUCTION, ARCHIVED)
+from digitops.registry.versions import ARCHIVED, NONE, PRODUCTION, STAGING, STATUSES  # noqa: F401  re-exported
 
 
 @dataclass

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -45,36 +44,21 @@ from digitops.registry.base import (
     NONE,
     PRODUCTION,
     STAGING,
-    STATUSES,
     ModelVersion,
     Registry,
     RegistryError,
-    looks_like_keras,
     sha256_file,
 )
-from digitops.registry.sqlite import (
-    BUMPS,
-    MODEL_FILE,
-    SqliteRegistry,
-    current_user,
-    next_version,
-)
+from digitops.registry.sqlite import MODEL_FILE, SqliteRegistry
+from digitops.registry.versions import check_new_version, check_status, current_user, next_version, parse_version
 
 TO_COMET = {NONE: "None", STAGING: "Staging", PRODUCTION: "Production", ARCHIVED: "None"}
 ARCHIVED_TAG = "archived"
 ROLLED_BACK_TAG = "rolled-back"
-_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
 
 def _say(message: str) -> None:
     print(f"comet: {comet_env.redact(message)}", file=sys.stderr, flush=True)
-
-
-def _parse(version: str) -> tuple[int, int, int]:
-    m = _VERSION_RE.match(version)
-    if not m:
-        raise RegistryError(f"not a semantic version: {version!r}")
-    return int(m[1]), int(m[2]), int(m[3])
 
 
 def _pending_file() -> Path:
@@ -270,15 +254,7 @@ class CometRegistry(Registry):
         bump: str = "minor",
     ) -> ModelVersion:
         """Register the run's model as the next version in Comet (locally + pending when unreachable)."""
-        if status not in STATUSES or status == ARCHIVED:
-            raise RegistryError(f"a new version starts as none, staging or production, not {status!r}")
-        if bump not in BUMPS:
-            raise RegistryError(f"unknown bump {bump!r}; choose one of: {', '.join(BUMPS)}")
-        src = Path(model_path)
-        if not src.is_file():
-            raise RegistryError(f"cannot register {src}: no such file")
-        if src.suffix != ".keras" or not looks_like_keras(src):
-            raise RegistryError(f"cannot register {src}: not a Keras 3 model file (a .keras zip with config.json)")
+        src = check_new_version(name, model_path, status, bump)
         digest = sha256_file(src)
         try:
             self._online()
@@ -352,7 +328,7 @@ class CometRegistry(Registry):
         )
         for attempt in range(3):
             existing = self._versions(name)
-            latest = max((_parse(v) for v in existing), default=None)
+            latest = max((parse_version(v) for v in existing), default=None)
             version = "%d.%d.%d" % next_version(latest, bump)
             try:
                 api_exp.register_model(
@@ -415,8 +391,7 @@ class CometRegistry(Registry):
 
     def get_by_status(self, name: str, status: str = PRODUCTION) -> ModelVersion | None:
         """The newest version with ``status`` (production: the only one), or None."""
-        if status not in STATUSES:
-            raise RegistryError(f"unknown status {status!r}; choose one of: {', '.join(STATUSES)}")
+        check_status(status)
         try:
             self._online()
         except CometUnavailable as exc:
@@ -459,8 +434,7 @@ class CometRegistry(Registry):
 
     def set_status(self, name: str, version: str, status: str) -> ModelVersion:
         """Set a version's status; production archives the previous production version."""
-        if status not in STATUSES:
-            raise RegistryError(f"unknown status {status!r}; choose one of: {', '.join(STATUSES)}")
+        check_status(status)
         try:
             self._online()
         except CometUnavailable as exc:

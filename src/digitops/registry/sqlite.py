@@ -28,10 +28,8 @@ effect, so repeated rollbacks walk back through earlier production versions.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -45,16 +43,14 @@ from digitops.registry.base import (
     NONE,
     PRODUCTION,
     STAGING,
-    STATUSES,
     ModelVersion,
     Registry,
     RegistryError,
-    looks_like_keras,
     sha256_file,
 )
+from digitops.registry.versions import check_new_version, check_status, current_user, next_version
 
 SCHEMA_VERSION = 1
-BUMPS = ("major", "minor", "patch")
 MODEL_FILE = "model.keras"
 #: beside each registered file: the version's record, for rebuilding a lost index
 SIDECAR = "version.json"
@@ -95,47 +91,11 @@ CREATE TABLE promotions (
 CREATE INDEX promotions_by_name ON promotions (name, version);
 """
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def _migrate(con: sqlite3.Connection, from_version: int) -> None:
     if from_version == 0:
         _sqlite.run_script(con, _SCHEMA_V1)
-
-
-def current_user() -> str:
-    """Who registers: ``$GITLAB_USER_LOGIN`` in CI, else the OS user."""
-    login = config.env("GITLAB_USER_LOGIN")
-    if login:
-        return login
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        return "unknown"
-
-
-def next_version(latest: tuple[int, int, int] | None, bump: str = "minor") -> tuple[int, int, int]:
-    """The version after ``latest`` (``None``: nothing registered yet, counts as 0.0.0)."""
-    major, minor, patch = latest or (0, 0, 0)
-    if bump == "major":
-        return (major + 1, 0, 0)
-    if bump == "minor":
-        return (major, minor + 1, 0)
-    if bump == "patch":
-        return (major, minor, patch + 1)
-    raise RegistryError(f"unknown bump {bump!r}; choose one of: {', '.join(BUMPS)}")
-
-
-def _check_name(name: str) -> None:
-    if not _NAME_RE.match(name or ""):
-        raise RegistryError(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (it names a folder)"
-        )
-
-
-def _check_status(status: str) -> None:
-    if status not in STATUSES:
-        raise RegistryError(f"unknown status {status!r}; choose one of: {', '.join(STATUSES)}")
 
 
 def _write_json(path: Path, content: Any) -> None:
@@ -244,22 +204,7 @@ class SqliteRegistry(Registry):
 
         ``status`` may be ``production`` to register and promote in one step.
         """
-        _check_name(name)
-        _check_status(status)
-        if status == ARCHIVED:
-            raise RegistryError("a new version cannot start archived; register it, then archive it")
-        if bump not in BUMPS:
-            raise RegistryError(f"unknown bump {bump!r}; choose one of: {', '.join(BUMPS)}")
-        src = Path(model_path)
-        if not src.is_file():
-            raise RegistryError(f"cannot register {src}: no such file")
-        if src.suffix != ".keras":
-            raise RegistryError(f"cannot register {src}: models are registered as .keras files")
-        if not looks_like_keras(src):
-            raise RegistryError(
-                f"cannot register {src}: not a Keras 3 model file (a zip with config.json); "
-                "save it with digitops.model.save"
-            )
+        src = check_new_version(name, model_path, status, bump)
         metrics_json = json.dumps({str(k): float(v) for k, v in (metrics or {}).items()}, sort_keys=True)
 
         # Copy (slow, outside the lock) into the model's folder, then verify the copy.
@@ -351,7 +296,7 @@ class SqliteRegistry(Registry):
 
     def get_by_status(self, name: str, status: str = PRODUCTION) -> ModelVersion | None:
         """The newest version with ``status`` (the only one, for production), or None."""
-        _check_status(status)
+        check_status(status)
         rows = self._query(
             "SELECT * FROM versions WHERE name = ? AND status = ?"
             " ORDER BY major DESC, minor DESC, patch DESC LIMIT 1",
@@ -391,7 +336,7 @@ class SqliteRegistry(Registry):
 
     def set_status(self, name: str, version: str, status: str) -> ModelVersion:
         """Set a version's status; setting production archives the previous production."""
-        _check_status(status)
+        check_status(status)
         with closing(self._connect()) as con:
             try:
                 with _sqlite.transaction(con):
