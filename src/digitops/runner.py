@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from digitops import config, params as params_mod, quiet, runs
+from digitops import atomic, config, params as params_mod, quiet, runs
 from digitops.errors import EXIT_FAILED, EXIT_SIGNAL_BASE, NotebookFailed
 
 STAGES = ("train", "evaluate")
@@ -187,12 +187,7 @@ def to_html(notebook: Path) -> Path:
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     html = notebook.with_suffix(".html")
     # Beside it, then renamed: a full disk or a kill never leaves half a page under the real name.
-    tmp = html.with_name(f".{html.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(body, encoding="utf-8")
-        os.replace(tmp, html)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(html, body)
     return html
 
 

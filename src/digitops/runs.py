@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digitops import config
+from digitops import atomic, config
 from digitops.errors import NotFound, TrackingError, UsageError
 
 METRICS_FILE = "metrics.json"
@@ -104,12 +104,8 @@ def update_metrics(folder: str | os.PathLike, **sections: Any) -> dict[str, Any]
         else:
             content[key] = value
     # One temporary name per process (the runner and its kernel both write here); removed on failure.
-    tmp = folder / f".{METRICS_FILE}.{os.getpid()}.tmp"
-    try:
+    with atomic.replacing(folder / METRICS_FILE, tmp=folder / f".{METRICS_FILE}.{os.getpid()}.tmp") as tmp:
         tmp.write_text(json.dumps(content, indent=2, sort_keys=True, default=float))
-        os.replace(tmp, folder / METRICS_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
     return content
 
 

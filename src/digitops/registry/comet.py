@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from digitops import comet_env, config
+from digitops import atomic, comet_env, config
 from digitops.registry.base import (
     ARCHIVED,
     NONE,
@@ -132,9 +132,7 @@ def _local_number(name: str, version: str) -> str:
 def _save_pending(items: list[dict[str, Any]], path: Path | None = None) -> None:
     path = path or _pending_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(items, indent=1))
-    os.replace(tmp, path)
+    atomic.write_json(path, items, indent=1)
 
 
 class CometUnavailable(RegistryError):

@@ -37,7 +37,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from digitops import _sqlite, config
+from digitops import _sqlite, atomic, config
 from digitops.registry.base import (
     ARCHIVED,
     NONE,
@@ -99,12 +99,7 @@ def _migrate(con: sqlite3.Connection, from_version: int) -> None:
 
 
 def _write_json(path: Path, content: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(json.dumps(content, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_json(path, content, indent=2, sort_keys=True)
 
 
 def _row_to_version(row: sqlite3.Row) -> ModelVersion:
@@ -445,10 +440,7 @@ class SqliteRegistry(Registry):
         if target.suffix != ".keras" or target.is_dir():
             target = target / MODEL_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic.replacing(target) as tmp:
             shutil.copyfile(stored, tmp)
             after = sha256_file(tmp)
             if after != mv.sha256:
@@ -456,7 +448,4 @@ class SqliteRegistry(Registry):
                     f"{name} {mv.version}: downloaded copy has sha256 {after}, "
                     f"registered sha256 is {mv.sha256}"
                 )
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
         return target

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from digitops import comet_env, config
+from digitops import atomic, comet_env, config
 from digitops.tracking.base import FINISHED, MetricSummary, RunRecord, TrackingError
 from digitops.tracking.sqlite import SqliteTracker
 
@@ -154,9 +154,7 @@ class RunState:
     def save(self) -> None:
         path = self.path(self.run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1, sort_keys=True, default=str))
-        os.replace(tmp, path)
+        atomic.write_json(path, asdict(self), indent=1, sort_keys=True, default=str)
 
 
 def _sha256(path: str) -> str | None:

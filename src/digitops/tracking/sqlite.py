@@ -19,15 +19,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import socket
 import sqlite3
-import tempfile
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterable
 
-from digitops import _sqlite, config
+from digitops import _sqlite, atomic, config
 from digitops.tracking.base import (
     ABANDONED,
     FAILED,
@@ -343,14 +341,7 @@ class SqliteTracker(Tracker):
         folder.mkdir(parents=True, exist_ok=True)
         dest = folder / name
         # Copy beside the destination then rename, so a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-        os.close(fd)
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic.copy(src, dest)
         stored = str(dest.resolve())
         size = dest.stat().st_size
         self._write(
