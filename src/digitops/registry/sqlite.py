@@ -170,18 +170,18 @@ class SqliteRegistry(Registry):
     def __repr__(self) -> str:
         return f"SqliteRegistry(db_path={str(self.db_path)!r})"
 
+    def _errors(self) -> Any:
+        """A ``sqlite3.Error`` in the block becomes a :class:`RegistryError` naming this store."""
+        return _sqlite.translated("registry", self.db_path, RegistryError)
+
     def _connect(self) -> sqlite3.Connection:
-        try:
+        with self._errors():
             return _sqlite.connect(self.db_path)
-        except sqlite3.Error as exc:
-            raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
         with closing(self._connect()) as con:
-            try:
+            with self._errors():
                 return con.execute(sql, args).fetchall()
-            except sqlite3.Error as exc:
-                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
 
     # -- register -----------------------------------------------------------------
 
@@ -219,7 +219,7 @@ class SqliteRegistry(Registry):
             size = tmp.stat().st_size
             user, now = current_user(), _sqlite.utc_now()
             with closing(self._connect()) as con:
-                try:
+                with self._errors():
                     with _sqlite.transaction(con):
                         row = con.execute(
                             "SELECT major, minor, patch FROM versions WHERE name = ?"
@@ -263,8 +263,6 @@ class SqliteRegistry(Registry):
                                 f"registry index {self.db_path} has lost versions; run "
                                 "`digitops doctor --rebuild-registry` (nothing was overwritten)"
                             ) from None
-                except sqlite3.Error as exc:
-                    raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
         finally:
             tmp.unlink(missing_ok=True)
         self.write_sidecars(name)
@@ -332,7 +330,7 @@ class SqliteRegistry(Registry):
     def set_status(self, name: str, version: str, status: str) -> ModelVersion:
         """Set a version's status; setting production archives the previous production."""
         check_status(status)
-        with closing(self._connect()) as con:
+        with closing(self._connect()) as con, self._errors():
             try:
                 with _sqlite.transaction(con):
                     if (
@@ -351,8 +349,6 @@ class SqliteRegistry(Registry):
                         )
             except LookupError:
                 return self.get_version(name, version)  # raises, naming the known versions
-            except sqlite3.Error as exc:
-                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
         self.write_sidecars(name)
         return self.get_version(name, version)
 
@@ -362,7 +358,7 @@ class SqliteRegistry(Registry):
         The current one becomes ``archived``. Repeating walks further back.
         """
         with closing(self._connect()) as con:
-            try:
+            with self._errors():
                 with _sqlite.transaction(con):
                     cur = con.execute(
                         "SELECT version FROM versions WHERE name = ? AND status = ?", (name, PRODUCTION)
@@ -398,8 +394,6 @@ class SqliteRegistry(Registry):
                         " VALUES (?, ?, ?, 'rollback', ?, ?)",
                         (name, target, current, _sqlite.utc_now(), current_user()),
                     )
-            except sqlite3.Error as exc:
-                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
         self.write_sidecars(name)
         return self.get_version(name, target)
 
