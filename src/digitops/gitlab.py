@@ -45,6 +45,7 @@ import requests
 
 from digitops import __version__, config
 from digitops.errors import ConfigError, PublishError
+from digitops.report import REPORT_MARKER_PREFIX, report_marker
 
 #: What each variable that publishing reads is.
 VARIABLE_HELP: dict[str, str] = {
@@ -77,7 +78,7 @@ TOKEN_HELP = (
 )
 
 #: The hidden first line of a digitops report.
-MARKER_RE = re.compile(r"<!--\s*digitops-report:[^>]*?-->")
+MARKER_RE = re.compile(r"<!--\s*" + re.escape(REPORT_MARKER_PREFIX.removeprefix("<!--").strip()) + r"[^>]*?-->")
 
 # Markdown links and images: [text](target "title") / ![alt](target).
 _LINK_RE = re.compile(r"(?P<bang>!?)\[(?P<text>[^\]]*)\]\((?P<target>[^)\s]+)(?P<title>\s+\"[^\"]*\")?\)")
@@ -193,8 +194,8 @@ def max_wait_from_env(env: Mapping[str, str] | None = None) -> float:
 
 
 def default_marker(model_name: str | None = None) -> str:
-    """The hidden marker of a model's report: ``<!-- digitops-report:<model_name> -->``."""
-    return f"<!-- digitops-report:{model_name or config.model_name()} -->"
+    """The hidden marker of a model's report: ``<!-- digitops-report:<model_name> -->`` (:func:`report.report_marker`)."""
+    return report_marker(model_name)
 
 
 def find_marker(markdown: str) -> str | None:

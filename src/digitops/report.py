@@ -82,9 +82,13 @@ def _md_code(text: str) -> str:
     return "`" + text.replace("`", "'").replace("\n", " ") + "`"
 
 
+def redacted(key: str, value: Any) -> Any:
+    """``value``, or ``(hidden)`` when ``key`` names a secret (token, password, API key...): the one redaction rule."""
+    return _REDACTED if _SECRET_KEY.search(key) else value
+
+
 def _shown_param(key: str, value: Any) -> str:
-    if _SECRET_KEY.search(key):
-        return _REDACTED
+    value = redacted(key, value)
     if isinstance(value, str):
         return value
     return json.dumps(value, sort_keys=True)
@@ -446,9 +450,7 @@ def write_report(
     paths["html"].write_text(page, encoding="utf-8")
     data = comparison.to_dict()
     if data.get("production_params"):
-        data["production_params"] = {
-            k: (_REDACTED if _SECRET_KEY.search(k) else v) for k, v in data["production_params"].items()
-        }
+        data["production_params"] = {k: redacted(k, v) for k, v in data["production_params"].items()}
     paths["json"].write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     return paths
 
