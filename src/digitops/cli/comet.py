@@ -19,8 +19,8 @@ def comet() -> None:
 @click.option("--probe/--no-probe", default=True, show_default=True, help="Contact the server (one bounded request).")
 def status(as_json: bool, probe: bool) -> None:
     """Where Comet data goes, whether the server answers, what waits for `digitops sync`."""
-    from digitops.registry.comet import pending_label, pending_registrations
-    from digitops.tracking.comet import pending_runs, stray_archives
+    from digitops.comet.offline import pending_runs, stray_archives
+    from digitops.comet.registry import pending_label, pending_registrations
 
     info: dict[str, object] = {
         "enabled": config.comet_enabled(),

@@ -27,8 +27,8 @@ def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
     something could not be sent; run it again later.
     """
     _require_key()
-    from digitops.registry.comet import pending_label, pending_registrations, sync_registrations
-    from digitops.tracking.comet import pending_runs, stray_archives, sync_pending, upload_archive
+    from digitops.comet.offline import pending_runs, stray_archives, sync_pending, upload_archive
+    from digitops.comet.registry import pending_label, pending_registrations, sync_registrations
 
     runs = [s for s in pending_runs() if not run_ids or s.run_id in run_ids]
     strays = [] if run_ids else stray_archives()

@@ -81,7 +81,7 @@ def get_registry() -> Registry:
     from digitops import config
 
     if config.comet_enabled():
-        from digitops.registry.comet import CometRegistry
+        from digitops.comet.registry import CometRegistry
 
         return CometRegistry()
     from digitops.registry.sqlite import SqliteRegistry
