@@ -134,17 +134,11 @@ def comet_metric_summary(
 
 def summarise(metric: str, found: list[tuple[float, str, int]], higher_is_better: bool = True) -> MetricSummary:
     """A :class:`MetricSummary` of ``(value, run id, start time)`` triples; ties for best go to the earliest."""
-    if not found:
-        return MetricSummary(metric=metric, count=0, mean=None, best=None, best_run_id=None, worst=None)
     values = [v for v, _, _ in found]
     # Ties for best go to the earliest run, as in the embedded store.
     ranked = sorted(found, key=lambda t: (-t[0] if higher_is_better else t[0], t[2]))
-    hi, lo = max(values), min(values)
-    return MetricSummary(
-        metric=metric,
-        count=len(found),
-        mean=sum(values) / len(values),
-        best=hi if higher_is_better else lo,
-        best_run_id=ranked[0][1],
-        worst=lo if higher_is_better else hi,
+    return MetricSummary.assemble(
+        metric, count=len(found), mean=sum(values) / len(values) if values else None,
+        hi=max(values, default=None), lo=min(values, default=None),
+        best_run_id=ranked[0][1] if ranked else None, higher_is_better=higher_is_better,
     )

@@ -368,7 +368,7 @@ class CometRegistry(Registry):
             self._online()
         except CometUnavailable as exc:
             return [_public(v) for v in self._fallback("list versions", exc).list_versions(name)]
-        versions = sorted(self._versions(name), key=_parse)
+        versions = sorted(self._versions(name), key=parse_version)
         return [self._to_version(name, self._details(name, v)) for v in versions]
 
     def get_version(self, name: str, version: str) -> ModelVersion:

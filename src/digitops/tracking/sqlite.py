@@ -548,16 +548,9 @@ class SqliteTracker(Tracker):
             with self._errors():
                 row = con.execute(sql, args).fetchone()
         n = int(row["n"])
-        if n == 0:
-            return MetricSummary(metric=metric, count=0, mean=None, best=None, best_run_id=None, worst=None)
-        hi, lo = float(row["hi"]), float(row["lo"])
-        return MetricSummary(
-            metric=metric,
-            count=n,
-            mean=float(row["mean"]),
-            best=hi if higher_is_better else lo,
-            best_run_id=row["best_run"],
-            worst=lo if higher_is_better else hi,
+        return MetricSummary.assemble(
+            metric, count=n, mean=float(row["mean"]) if n else None, hi=float(row["hi"]) if n else None,
+            lo=float(row["lo"]) if n else None, best_run_id=row["best_run"], higher_is_better=higher_is_better,
         )
 
     def integrity_check(self) -> str:
