@@ -17,6 +17,9 @@ read), the verdict is ``unjudged`` (never a pass) and says why. Whoever
 accepts the risk sets ``--allow-unjudged`` / ``$DIGITOPS_ALLOW_UNJUDGED=1``:
 the candidate is then judged against the embedded local store and registry
 instead, and the report says so.
+
+Size (over 400 lines): the comparison, the gate and their wording still live together; issue 14 step 5
+(a verdict with structured reasons, wording rendered by the CLI and templates) is what splits them.
 """
 
 from __future__ import annotations
@@ -309,6 +312,7 @@ def compare(
     ``unjudged`` comparison (never a pass), unless ``allow_unjudged`` (default:
     ``$DIGITOPS_ALLOW_UNJUDGED``) accepts judging against the local store instead.
     """
+    # Long: gathers the candidate, the project and production with fail-closed fallbacks, then judges; step 5 of issue 14 splits it.
     if allow_unjudged is None:
         allow_unjudged = allow_unjudged_default()
     if tracker is None:

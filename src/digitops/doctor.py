@@ -143,6 +143,7 @@ def _run_for_checksum(digest: str, runs_root: Path) -> str | None:
 
 def rebuild_registry(home: Path | None = None, runs_root: Path | None = None) -> str:
     """Rebuild ``registry.db`` from ``models/``; returns a one-paragraph summary."""
+    # Long: one pass over models/ that must read every sidecar and history file before writing the new index.
     from digitops.registry.base import PRODUCTION, STATUSES, sha256_file
     from digitops.registry.sqlite import HISTORY_FILE, SIDECAR, SqliteRegistry
     from digitops.registry.versions import VERSION_RE, current_user

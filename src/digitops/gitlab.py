@@ -25,6 +25,9 @@ API itself does not offer:
   ``Retry-After: 60`` would hold a job for minutes per request.
 
 The token is never printed, logged or put into a note or an error message.
+
+Size (over 400 lines): everything that talks to GitLab through one python-gitlab client (settings,
+link rewriting, Retry-After caps, notes, uploads, triggers); the Markdown link rewriting could move out.
 """
 
 from __future__ import annotations

@@ -67,6 +67,7 @@ def run_pipeline(
     The gate is checked against ``metric`` and the training parameters against the
     notebook before any training starts (:class:`~digitops.errors.UsageError`).
     """
+    # Long: the stages in order, each timed; splitting it would scatter the one place that says what a pipeline does.
     gate = gate or Gate.from_env()
     gate.check(metric)
     runner.check_parameters("train", train_params)

@@ -207,6 +207,7 @@ def execute(
     when parameters are wrong, and :class:`StageFailed` (carrying the result)
     when the notebook raised. ``kernel_env`` adds environment variables for the kernel only.
     """
+    # Long: start run, execute, render HTML and close the run share one try/finally so a run always ends.
     import papermill
     from papermill.exceptions import PapermillExecutionError
 

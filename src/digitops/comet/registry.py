@@ -24,6 +24,9 @@ registered offline has no public number until ``sync`` gets one from Comet:
 it is shown as ``pending-N`` (its embedded-registry number would collide with
 Comet's real ones), and after sync as Comet's number. The gate's production
 reference (:meth:`CometRegistry.production_reference`) never falls back.
+
+Size (over 400 lines): Comet's registry and its offline fallback (registrations kept while Comet is
+unreachable, and their sync); the pending registrations could become their own module.
 """
 
 from __future__ import annotations

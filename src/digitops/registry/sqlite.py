@@ -24,6 +24,9 @@ At most one version per model is ``production`` (a partial unique index
 enforces it). Each promotion is recorded with the version it replaced;
 :meth:`SqliteRegistry.rollback` undoes the latest promotion that is still in
 effect, so repeated rollbacks walk back through earlier production versions.
+
+Size (over 400 lines): schema, registration with its race-free numbering, promotions and rollback
+history, the sidecar files that rebuild a lost index, and verified downloads of one store.
 """
 
 from __future__ import annotations
@@ -199,6 +202,7 @@ class SqliteRegistry(Registry):
 
         ``status`` may be ``production`` to register and promote in one step.
         """
+        # Long: copy, verify, number and insert must happen in this order under one lock to stay race-free.
         src = check_new_version(name, model_path, status, bump)
         metrics_json = json.dumps({str(k): float(v) for k, v in (metrics or {}).items()}, sort_keys=True)
 

@@ -12,6 +12,9 @@ the database as it was before that call.
 
 Final metrics are stored with ``step`` NULL, per-epoch history with its step;
 NaN values are stored as NULL (SQLite has no NaN) and read back as NaN.
+
+Size (over 400 lines): schema, migration, writes, reads, reaping and import of one SQLite store;
+most of it is SQL that belongs to this store only.
 """
 
 from __future__ import annotations
