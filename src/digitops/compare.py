@@ -31,6 +31,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from digitops import config
+from digitops.wording import (  # re-exported: the formatting used to live here
+    fmt_amount,
+    fmt_delta,
+    fmt_value,
+    higher_is_better_default,
+    is_fraction_metric,
+    label,
+    reason_text,
+)
 from digitops.errors import CompareError  # re-exported
 from digitops.registry.base import PRODUCTION, ModelVersion, Registry, RegistryError
 from digitops.tracking.base import FAILED, MetricSummary, RunRecord, Tracker, TrackingError
@@ -52,58 +61,6 @@ ENV_ALLOW_UNJUDGED = "DIGITOPS_ALLOW_UNJUDGED"
 def allow_unjudged_default(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``$DIGITOPS_ALLOW_UNJUDGED`` accepts judging against the local store."""
     return (config.env(ENV_ALLOW_UNJUDGED, environ) or "").strip().lower() in ("1", "true", "yes", "on", "allow")
-
-
-# -- formatting shared with the report -----------------------------------------------
-
-
-def is_fraction_metric(metric: str) -> bool:
-    """Accuracy-like metrics are fractions shown as percentages and deltas in points."""
-    return "accuracy" in metric or metric.endswith(("precision", "recall", "f1"))
-
-
-def higher_is_better_default(metric: str) -> bool:
-    """Losses, errors and durations improve downwards; everything else upwards."""
-    return not metric.endswith(("loss", "error", "seconds", "_time"))
-
-
-def label(metric: str) -> str:
-    """``test_accuracy`` -> ``test accuracy``."""
-    return metric.replace("_", " ")
-
-
-def fmt_value(metric: str, value: float | None) -> str:
-    """A metric value for people: ``99.12 %``, ``0.0312``, ``12.3 s``, ``—`` when missing."""
-    if value is None:
-        return "—"
-    if math.isnan(value):
-        return "NaN"
-    if is_fraction_metric(metric):
-        return f"{value * 100:.2f} %"
-    if metric.endswith("seconds"):
-        return f"{value:.1f} s"
-    return f"{value:.4g}"
-
-
-def fmt_delta(metric: str, delta: float | None) -> str:
-    """A signed difference: ``+0.31 pts``, ``-0.0040``, ``±0.00 pts``, ``—`` when missing."""
-    if delta is None:
-        return "—"
-    if math.isnan(delta):
-        return "NaN"
-    if is_fraction_metric(metric):
-        pts = delta * 100
-        return "±0.00 pts" if round(pts, 2) == 0 else f"{pts:+.2f} pts"
-    if metric.endswith("seconds"):
-        return "±0.0 s" if round(delta, 1) == 0 else f"{delta:+.1f} s"
-    return "±0" if delta == 0 else f"{delta:+.4g}"
-
-
-def fmt_amount(metric: str, amount: float) -> str:
-    """An unsigned size of a difference (tolerances): ``0.20 pts``."""
-    if is_fraction_metric(metric):
-        return f"{amount * 100:.2f} pts"
-    return f"{amount:.4g}"
 
 
 # -- gate -----------------------------------------------------------------------------
@@ -198,6 +155,18 @@ def _env_float(name: str, raw: str) -> float:
 # -- result -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Reason:
+    """One reason for a verdict, as data: ``code`` (floor, production, project, ...), pass/fail, the facts.
+
+    :func:`digitops.wording.reason_text` turns it into a sentence.
+    """
+
+    code: str
+    ok: bool = True
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class MetricRow:
     """One metric of the candidate against the three baselines (deltas: candidate - baseline)."""
@@ -236,8 +205,8 @@ class Comparison:
     #: signed ``candidate - baseline`` for "mean", "best" and "production" (None: no baseline)
     deltas: dict[str, float | None]
     verdict: str
-    #: human sentences explaining the verdict, most important first
-    reasons: list[str]
+    #: why, most important first (failures before notes); :attr:`reasons` words them
+    findings: list[Reason]
     rows: list[MetricRow] = field(default_factory=list)
     production_url: str | None = None
     #: parameters of the production version's run, when the tracker knows that run
@@ -253,8 +222,13 @@ class Comparison:
     def judged(self) -> bool:
         return self.verdict != UNJUDGED
 
+    @property
+    def reasons(self) -> list[str]:
+        """The findings as sentences (:func:`digitops.wording.reason_text`)."""
+        return [reason_text(r, self.metric) for r in self.findings]
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "reasons": self.reasons}
 
     def headline(self) -> str:
         """One line, e.g. ``✅ Candidate passes the gate: test accuracy 99.12 % (+0.31 pts vs production 1.2.0)``."""
@@ -392,30 +366,24 @@ def compare(
     main = rows[0]
     if problem is not None and not allow_unjudged:
         verdict = UNJUDGED
-        reasons = [
-            f"Cannot judge: {problem}.",
-            "The comparison with production and the project's runs could not be made, so the candidate "
-            "does not pass. Run it again once the backend answers, or accept the risk with "
-            f"--allow-unjudged (${ENV_ALLOW_UNJUDGED}=1) to judge against the local store.",
+        findings = [
+            Reason("cannot-judge", False, {"problem": problem}),
+            Reason("cannot-judge-advice", False, {"env": ENV_ALLOW_UNJUDGED}),
         ]
     else:
-        verdict, reasons = _judge(metric, candidate, gate, prod, main.production, main.delta_production)
-        reasons.append(_project_sentence(run, main))
+        verdict, findings = _judge(metric, candidate, gate, prod, main.production, main.delta_production)
+        findings.append(_project_finding(run, main))
         if problem is not None:
-            reasons.insert(
-                0,
-                f"Judged against the local store and registry only (--allow-unjudged): {problem}.",
-            )
+            findings.insert(0, Reason("local-store", True, {"problem": problem}))
     if (
         prod is not None
         and prod_run is not None
         and run.data_checksum
         and prod_run.data_checksum not in (None, run.data_checksum)
     ):
-        reasons.append(
-            f"Production {prod.version} was evaluated on a different dataset "
-            f"(data checksum {prod_run.data_checksum} vs {run.data_checksum})."
-        )
+        findings.append(Reason("other-dataset", True, {
+            "version": prod.version, "production_checksum": prod_run.data_checksum, "checksum": run.data_checksum,
+        }))
 
     return Comparison(
         run_id=run_id,
@@ -434,7 +402,7 @@ def compare(
         production_value=main.production,
         deltas={"mean": main.delta_mean, "best": main.delta_best, "production": main.delta_production},
         verdict=verdict,
-        reasons=reasons,
+        findings=findings,
         rows=rows,
         production_url=(prod.url if prod and prod.url else (prod_run.url if prod_run else None)),
         production_params=dict(prod_run.params) if prod_run is not None else None,
@@ -470,56 +438,44 @@ def _judge(
     prod: ModelVersion | None,
     prod_value: float | None,
     delta: float | None,
-) -> tuple[str, list[str]]:
+) -> tuple[str, list[Reason]]:
     """The verdict and its reasons (gate failures first)."""
-    name, shown = label(metric), fmt_value(metric, candidate)
-    failures: list[str] = []
-    notes: list[str] = []
+    failures: list[Reason] = []
+    notes: list[Reason] = []
     if math.isnan(candidate):
-        return FAIL, [f"The candidate's {name} is not a number (NaN): training diverged or evaluation failed."]
+        return FAIL, [Reason("nan", False)]
 
     if gate.floor is not None:
-        limit = fmt_value(metric, gate.floor)
-        if gate.higher_is_better:
-            ok = candidate >= gate.floor - _EPS
-            text = f"{name} {shown} is {'at or above' if ok else 'below'} the floor {limit}."
-        else:
-            ok = candidate <= gate.floor + _EPS
-            text = f"{name} {shown} is {'at or below' if ok else 'above'} the ceiling {limit}."
-        (notes if ok else failures).append(text[0].upper() + text[1:])
+        ok = candidate >= gate.floor - _EPS if gate.higher_is_better else candidate <= gate.floor + _EPS
+        floor = Reason("floor", ok, {"value": candidate, "limit": gate.floor, "higher_is_better": gate.higher_is_better,
+                                     "ok": ok})
+        (notes if ok else failures).append(floor)
 
     if prod is None:
-        notes.insert(
-            0,
-            "No production model yet: judged by the floor only."
-            if gate.floor is not None
-            else "No production model yet and no floor set: nothing to judge against.",
-        )
+        notes.insert(0, Reason("no-production", True, {"has_floor": gate.floor is not None}))
     elif prod_value is None or delta is None or math.isnan(prod_value):
-        notes.insert(0, f"Production {prod.version} has no {name} recorded: judged by the floor only.")
+        notes.insert(0, Reason("production-lacks-metric", True, {"version": prod.version}))
     else:
-        tol = fmt_amount(metric, gate.tolerance)
-        ref = f"production {prod.version} ({fmt_value(metric, prod_value)})"
         # ``gain`` > 0 means better than production, whichever direction is better.
         gain = delta if gate.higher_is_better else -delta
-        size = fmt_amount(metric, abs(delta))
         if abs(delta) <= _EPS:
-            notes.insert(0, f"{name.capitalize()} ties with {ref}.")
+            outcome = "tie"
         elif gain > 0:
-            notes.insert(0, f"{name.capitalize()} is {size} better than {ref}.")
+            outcome = "better"
         elif gain >= -gate.tolerance - _EPS:
-            notes.insert(0, f"{name.capitalize()} is {size} worse than {ref}, within the tolerance of {tol}.")
+            outcome = "within"
         else:
-            failures.insert(0, f"{name.capitalize()} is {size} worse than {ref}, more than the tolerance of {tol}.")
+            outcome = "worse"
+        finding = Reason("production", outcome != "worse", {
+            "version": prod.version, "production": prod_value, "delta": delta, "tolerance": gate.tolerance,
+            "outcome": outcome,
+        })
+        (failures if outcome == "worse" else notes).insert(0, finding)
     return (FAIL if failures else PASS), failures + notes
 
 
-def _project_sentence(run: RunRecord, row: MetricRow) -> str:
-    where = f"project {run.project!r}" + (" on the same dataset" if run.data_checksum else "")
-    if row.count == 0:
-        return f"No other finished runs in {where} yet."
-    return (
-        f"Against {row.count} other finished run{'s' if row.count != 1 else ''} in {where}: "
-        f"mean {fmt_value(row.metric, row.mean)} ({fmt_delta(row.metric, row.delta_mean)}), "
-        f"best {fmt_value(row.metric, row.best)} ({fmt_delta(row.metric, row.delta_best)}, run {row.best_run_id})."
-    )
+def _project_finding(run: RunRecord, row: MetricRow) -> Reason:
+    return Reason("project", True, {
+        "project": run.project, "same_dataset": bool(run.data_checksum), "count": row.count, "mean": row.mean,
+        "delta_mean": row.delta_mean, "best": row.best, "delta_best": row.delta_best, "best_run_id": row.best_run_id,
+    })
