@@ -18,8 +18,8 @@ accepts the risk sets ``--allow-unjudged`` / ``$DIGITOPS_ALLOW_UNJUDGED=1``:
 the candidate is then judged against the embedded local store and registry
 instead, and the report says so.
 
-Size (over 400 lines): the comparison, the gate and their wording still live together; issue 14 step 5
-(a verdict with structured reasons, wording rendered by the CLI and templates) is what splits them.
+Size (over 400 lines): the gate, the data of a comparison and :func:`compare`, which gathers the
+candidate, the project and production with fail-closed fallbacks; all wording is in :mod:`digitops.wording`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from digitops.wording import (  # re-exported: the formatting used to live here
     higher_is_better_default,
     is_fraction_metric,
     label,
+    describe_gate,
+    headline as _headline,
     reason_text,
 )
 from digitops.errors import CompareError  # re-exported
@@ -136,13 +138,8 @@ class Gate:
             )
 
     def describe(self, metric: str) -> str:
-        """The rule in words, e.g. ``test accuracy ≥ production − 0.20 pts and ≥ 90.00 % (floor)``."""
-        ge = "≥" if self.higher_is_better else "≤"
-        sign = "−" if self.higher_is_better else "+"
-        parts = [f"{label(metric)} {ge} production {sign} {fmt_amount(metric, self.tolerance)}"]
-        if self.floor is not None:
-            parts.append(f"{ge} {fmt_value(metric, self.floor)} ({'floor' if self.higher_is_better else 'ceiling'})")
-        return " and ".join(parts)
+        """The rule in words (:func:`digitops.wording.describe_gate`)."""
+        return describe_gate(self, metric)
 
 
 def _env_float(name: str, raw: str) -> float:
@@ -231,23 +228,8 @@ class Comparison:
         return {**asdict(self), "reasons": self.reasons}
 
     def headline(self) -> str:
-        """One line, e.g. ``✅ Candidate passes the gate: test accuracy 99.12 % (+0.31 pts vs production 1.2.0)``."""
-        value = f"{label(self.metric)} {fmt_value(self.metric, self.candidate)}"
-        if not self.judged:
-            return f"⛔ Cannot judge the candidate ({value}): {self.unjudged_reason}"
-        mark, word = ("✅", "passes") if self.passed else ("❌", "fails")
-        if self.production_version is not None and self.production_value is not None:
-            ctx = f"{fmt_delta(self.metric, self.deltas['production'])} vs production {self.production_version}"
-        elif self.production_version is not None:
-            ctx = f"production {self.production_version} has no {label(self.metric)}"
-        else:
-            ctx = "no production model yet"
-        if self.gate.floor is not None and self.production_value is None:
-            which = "floor" if self.gate.higher_is_better else "ceiling"
-            ctx += f"; {which} {fmt_value(self.metric, self.gate.floor)}"
-        if self.unjudged_reason:
-            ctx += "; ⚠️ judged against the local store only (--allow-unjudged)"
-        return f"{mark} Candidate {word} the gate: {value} ({ctx})"
+        """One line for people (:func:`digitops.wording.headline`)."""
+        return _headline(self)
 
 
 # -- comparison -------------------------------------------------------------------------
@@ -286,7 +268,8 @@ def compare(
     ``unjudged`` comparison (never a pass), unless ``allow_unjudged`` (default:
     ``$DIGITOPS_ALLOW_UNJUDGED``) accepts judging against the local store instead.
     """
-    # Long: gathers the candidate, the project and production with fail-closed fallbacks, then judges; step 5 of issue 14 splits it.
+    # Long: gathers the candidate, the project and production with fail-closed fallbacks, then judges
+    # (_judge); the steps share the fallback state, so they stay in one function.
     if allow_unjudged is None:
         allow_unjudged = allow_unjudged_default()
     if tracker is None:

@@ -118,3 +118,33 @@ _SENTENCES = {
         f"(data checksum {f['production_checksum']} vs {f['checksum']})."
     ),
 }
+
+
+def describe_gate(gate: Any, metric: str) -> str:
+    """The rule in words, e.g. ``test accuracy ≥ production − 0.20 pts and ≥ 90.00 % (floor)``."""
+    ge = "≥" if gate.higher_is_better else "≤"
+    sign = "−" if gate.higher_is_better else "+"
+    parts = [f"{label(metric)} {ge} production {sign} {fmt_amount(metric, gate.tolerance)}"]
+    if gate.floor is not None:
+        parts.append(f"{ge} {fmt_value(metric, gate.floor)} ({'floor' if gate.higher_is_better else 'ceiling'})")
+    return " and ".join(parts)
+
+
+def headline(c: Any) -> str:
+    """One line, e.g. ``✅ Candidate passes the gate: test accuracy 99.12 % (+0.31 pts vs production 1.2.0)``."""
+    value = f"{label(c.metric)} {fmt_value(c.metric, c.candidate)}"
+    if not c.judged:
+        return f"⛔ Cannot judge the candidate ({value}): {c.unjudged_reason}"
+    mark, word = ("✅", "passes") if c.passed else ("❌", "fails")
+    if c.production_version is not None and c.production_value is not None:
+        ctx = f"{fmt_delta(c.metric, c.deltas['production'])} vs production {c.production_version}"
+    elif c.production_version is not None:
+        ctx = f"production {c.production_version} has no {label(c.metric)}"
+    else:
+        ctx = "no production model yet"
+    if c.gate.floor is not None and c.production_value is None:
+        which = "floor" if c.gate.higher_is_better else "ceiling"
+        ctx += f"; {which} {fmt_value(c.metric, c.gate.floor)}"
+    if c.unjudged_reason:
+        ctx += "; ⚠️ judged against the local store only (--allow-unjudged)"
+    return f"{mark} Candidate {word} the gate: {value} ({ctx})"
