@@ -407,9 +407,10 @@ def _local_stand_in_summary(tracker: Tracker, name: str, query: dict[str, Any]) 
     """With ``--allow-unjudged``: the summary over the embedded store's runs."""
     from digitops.tracking.sqlite import SqliteTracker
 
-    local = tracker if isinstance(tracker, SqliteTracker) else SqliteTracker()
+    # A Comet tracker keeps its embedded store as ``local``; any other tracker: the default store.
+    local = tracker if isinstance(tracker, SqliteTracker) else getattr(tracker, "local", None) or SqliteTracker()
     try:
-        return SqliteTracker.metric_summary(local, name, **query)
+        return local.metric_summary(name, **query)
     except TrackingError:
         return MetricSummary(metric=name, count=0, mean=None, best=None, best_run_id=None, worst=None)
 
