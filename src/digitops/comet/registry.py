@@ -530,12 +530,7 @@ class CometRegistry(Registry):
                 raise RegistryError(
                     f"{name} {mv.version}: expected one .keras file from Comet, got {[p.name for p in files]}"
                 )
-            got = sha256_file(files[0])
-            if got != mv.sha256:
-                raise RegistryError(
-                    f"{name} {mv.version}: downloaded file has sha256 {got}, registered sha256 is {mv.sha256}; "
-                    "refusing a corrupted model"
-                )
+            self.verify(mv, files[0], "downloaded file")
             os.replace(files[0], target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -66,6 +66,16 @@ class Registry(abc.ABC):
     def get_version(self, name: str, version: str) -> ModelVersion:
         """One version, or :class:`RegistryError`."""
 
+    @staticmethod
+    def verify(version: ModelVersion, path: Path, what: str) -> None:
+        """Raise :class:`RegistryError` unless ``path`` (``what``, for the message) has the SHA256 registered."""
+        got = sha256_file(path)
+        if got != version.sha256:
+            raise RegistryError(
+                f"{version.name} {version.version}: {what} has sha256 {got}, registered sha256 is {version.sha256}; "
+                "refusing a corrupted model"
+            )
+
     def resolve(self, name: str, version: str | None = None, status: str | None = None) -> ModelVersion:
         """``version`` if given, else the newest version with ``status`` (production by default).
 

@@ -426,12 +426,7 @@ class SqliteRegistry(Registry):
         stored = Path(mv.uri)
         if not stored.is_file():
             raise RegistryError(f"{name} {mv.version}: the registered file {stored} is missing")
-        before = sha256_file(stored)
-        if before != mv.sha256:
-            raise RegistryError(
-                f"{name} {mv.version}: stored file {stored} has sha256 {before}, "
-                f"registered sha256 is {mv.sha256}; refusing to download a corrupted model"
-            )
+        self.verify(mv, stored, f"stored file {stored}")
         target = Path(dest)
         if target.is_file() and target.suffix != ".keras":
             raise RegistryError(f"cannot download to {target}: it is a file, not a folder or a .keras path")
@@ -440,10 +435,5 @@ class SqliteRegistry(Registry):
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic.replacing(target) as tmp:
             shutil.copyfile(stored, tmp)
-            after = sha256_file(tmp)
-            if after != mv.sha256:
-                raise RegistryError(
-                    f"{name} {mv.version}: downloaded copy has sha256 {after}, "
-                    f"registered sha256 is {mv.sha256}"
-                )
+            self.verify(mv, tmp, "downloaded copy")
         return target
