@@ -8,7 +8,8 @@
 * :mod:`.offline` -- offline archives and ``digitops sync``
 * :mod:`.registry` -- :class:`~digitops.comet.registry.CometRegistry`
 
-The registry meets the tracker through :meth:`CometTracker.logged_experiment`
+The modules share public names (no private helpers across modules). The registry meets the
+tracker through :meth:`CometTracker.logged_experiment`
 (which experiment holds a run's logged model), never through its files.
 ``digitops.tracking.comet`` and ``digitops.registry.comet`` re-export the public names.
 """

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from digitops import comet_env
-from digitops.comet.queries import _api
-from digitops.comet.state import KEY_TAG, RunState, Snapshot, SyncOutcome, _lock, _say
+from digitops.comet.queries import comet_api
+from digitops.comet.state import KEY_TAG, RunState, Snapshot, SyncOutcome, run_lock, say
 from digitops.tracking.base import TrackingError
 from digitops.tracking.sqlite import SqliteTracker
 
@@ -18,7 +18,7 @@ from digitops.tracking.sqlite import SqliteTracker
 # ------------------------------------------------------------------------------- sync
 
 
-def _upload_pending(tracker: SqliteTracker, state: RunState) -> SyncOutcome:
+def upload_pending(tracker: SqliteTracker, state: RunState) -> SyncOutcome:
     """Upload ``state.pending`` with the SDK's uploader; on success Comet holds its snapshot."""
     pending = dict(state.pending or {})
     archive = str(pending.get("archive", ""))
@@ -29,7 +29,7 @@ def _upload_pending(tracker: SqliteTracker, state: RunState) -> SyncOutcome:
     comet_env.import_comet()
     from comet_ml.offline import upload_single_offline_experiment
 
-    api = _api()
+    api = comet_api()
     already = pending.get("mode") == "new" and api.get_experiment_by_key(key) is not None
     ok = already or upload_single_offline_experiment(
         offline_archive_path=archive,
@@ -43,7 +43,7 @@ def _upload_pending(tracker: SqliteTracker, state: RunState) -> SyncOutcome:
     uploaded = api.get_experiment_by_key(key)
     url = (uploaded.url if uploaded is not None else None) or state.url
     state.experiment_key = key
-    deleted = _delete_orphans(state, api)
+    deleted = delete_orphans(state, api)
     state.experiment_key = key
     state.url = url
     state.sent = pending.get("snapshot")
@@ -61,11 +61,11 @@ def _upload_pending(tracker: SqliteTracker, state: RunState) -> SyncOutcome:
     )
 
 
-def _delete_orphans(state: RunState, api: Any = None) -> list[str]:
+def delete_orphans(state: RunState, api: Any = None) -> list[str]:
     """Delete the run's half-created online experiments (never the one holding the run); saves ``state``."""
     if not state.orphans:
         return []
-    api = api or _api()
+    api = api or comet_api()
     deleted = []
     for orphan in list(state.orphans):
         if orphan == state.experiment_key:
@@ -77,7 +77,7 @@ def _delete_orphans(state: RunState, api: Any = None) -> list[str]:
                 deleted.append(orphan)
             state.orphans.remove(orphan)
         except Exception as exc:  # noqa: BLE001 - retried at the next sync
-            _say(f"run {state.run_id}: could not remove incomplete experiment {orphan}: {exc}")
+            say(f"run {state.run_id}: could not remove incomplete experiment {orphan}: {exc}")
     state.save()
     return deleted
 
@@ -104,7 +104,7 @@ def remote_snapshot(
     it (numbers compared as numbers); a file when an asset of its name and size is there
     and it did not change locally since it was last confirmed sent.
     """
-    api = _api()
+    api = comet_api()
     exp = api.get_experiment_by_key(key)
     if exp is None:
         return None
@@ -184,17 +184,17 @@ def sync_pending(run_ids: Iterable[str] | None = None) -> list[SyncOutcome]:
                 if outcome.mode == "offline":
                     outcome = SyncOutcome(state.run_id, "failed", reason=outcome.reason, archive=outcome.archive)
                 else:
-                    with _lock(state.run_id):
-                        outcome.deleted_orphans += _delete_orphans(RunState.load(state.run_id))
+                    with run_lock(state.run_id):
+                        outcome.deleted_orphans += delete_orphans(RunState.load(state.run_id))
             else:
-                with _lock(state.run_id):
+                with run_lock(state.run_id):
                     state = RunState.load(state.run_id)
                     if state.pending and state.pending.get("archive"):
-                        outcome = _upload_pending(tracker, state)
+                        outcome = upload_pending(tracker, state)
                     elif state.pending:
                         outcome = SyncOutcome(state.run_id, "failed", reason="no archive and no local record to send")
                     else:
-                        deleted = _delete_orphans(state)
+                        deleted = delete_orphans(state)
                         outcome = SyncOutcome(
                             state.run_id, "up-to-date", state.experiment_key, state.url, deleted_orphans=deleted
                         )

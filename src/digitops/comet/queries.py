@@ -10,7 +10,7 @@ from digitops import comet_env
 from digitops.tracking.base import FINISHED, MetricSummary, TrackingError
 
 
-def _api() -> Any:
+def comet_api() -> Any:
     comet_ml = comet_env.import_comet()
     return comet_ml.API(cache=False)
 
@@ -117,7 +117,7 @@ def comet_metric_summary(
     Experiments without a ``digitops_status`` (not logged by digitops) do not count. Any failure
     raises: a partial history is no history.
     """
-    api = _api()
+    api = comet_api()
     workspace = comet_workspace(api)
     excluded = {str(e) for e in exclude}
     listed = {exp.key: exp for exp in _experiments(api, workspace, project)}

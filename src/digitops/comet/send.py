@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from digitops import config
-from digitops.comet.state import IMAGE_SUFFIXES, Snapshot, _confusion, run_files
+from digitops.comet.state import IMAGE_SUFFIXES, Snapshot, confusion_of, run_files
 from digitops.tracking.base import RunRecord
 
 
-def _log_delta(exp: Any, rec: RunRecord, base: Snapshot | None, target: Snapshot) -> int:
+def log_delta(exp: Any, rec: RunRecord, base: Snapshot | None, target: Snapshot) -> int:
     """Send to ``exp`` what ``target`` has beyond ``base`` (everything when ``base`` is None)."""
     sent = 0
     if base is None:
@@ -50,8 +50,8 @@ def _log_delta(exp: Any, rec: RunRecord, base: Snapshot | None, target: Snapshot
     return sent
 
 
-class _DryRun:
-    """Stands in for an experiment to count what :func:`_log_delta` would send."""
+class DryRun:
+    """Stands in for an experiment to count what :func:`log_delta` would send."""
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None
@@ -65,7 +65,7 @@ def _log_file(exp: Any, name: str, path: str) -> None:
         exp.log_image(path, name=Path(name).stem, overwrite=True)
     else:
         if suffix == ".json":
-            found = _confusion(path)
+            found = confusion_of(path)
             if found is not None:
                 matrix, labels = found
                 exp.log_confusion_matrix(

@@ -32,7 +32,7 @@ EXPERIMENT_OPTIONS: dict[str, Any] = {
 }
 
 
-def _options(cls: Any) -> dict[str, Any]:
+def experiment_options(cls: Any) -> dict[str, Any]:
     """:data:`EXPERIMENT_OPTIONS` that ``cls`` accepts: ``ExistingOfflineExperiment`` lacks some
     (``log_env_network``), and an unknown keyword there used to lose the whole stage."""
     import inspect
@@ -58,7 +58,7 @@ RUN_FOLDER_FILES = ("model.keras", "metrics.json")
 OWNER_ENV = "DIGITOPS_COMET_OWNER"
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     """One line on stderr: the runner's and notebooks' stdout stay clean."""
     print(f"comet: {comet_env.redact(message)}", file=sys.stderr, flush=True)
 
@@ -168,7 +168,7 @@ def snapshot(rec: RunRecord) -> Snapshot:
     )
 
 
-def _confusion(path: str) -> tuple[list[list[int]], list[str] | None] | None:
+def confusion_of(path: str) -> tuple[list[list[int]], list[str] | None] | None:
     """A confusion matrix in a JSON artifact: a list of rows, or {"confusion_matrix"|"matrix": rows, "labels": ..}."""
     try:
         data = json.loads(Path(path).read_text())
@@ -224,7 +224,7 @@ class SyncOutcome:
         return f"run {self.run_id}: {self.reason}"
 
 
-def _lock(run_id: str) -> Any:
+def run_lock(run_id: str) -> Any:
     from filelock import FileLock
 
     path = comet_env.state_dir() / "runs" / f"{run_id}.lock"

@@ -48,18 +48,18 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from digitops import comet_env, config
-from digitops.comet.offline import _delete_orphans, _upload_pending, remote_snapshot
+from digitops.comet.offline import delete_orphans, upload_pending, remote_snapshot
 from digitops.comet.queries import comet_metric_summary
-from digitops.comet.send import _DryRun, _log_delta
+from digitops.comet.send import DryRun, log_delta
 from digitops.comet.state import (
     KEY_TAG,
     OWNER_ENV,
     RunState,
     Snapshot,
     SyncOutcome,
-    _lock,
-    _options,
-    _say,
+    run_lock,
+    experiment_options,
+    say,
     run_files,
     snapshot,
 )
@@ -145,16 +145,16 @@ class CometTracker(Tracker):
         try:
             outcome = self.sync_run(run_id)
         except Exception as exc:  # noqa: BLE001 - the run is recorded locally; Comet must not fail it
-            _say(f"run {run_id}: not mirrored to Comet ({type(exc).__name__}: {exc}); the local record is complete")
+            say(f"run {run_id}: not mirrored to Comet ({type(exc).__name__}: {exc}); the local record is complete")
             return
-        _say(f"{outcome.describe()} ({outcome.seconds:.1f} s)")
+        say(f"{outcome.describe()} ({outcome.seconds:.1f} s)")
 
     # -- mirror -------------------------------------------------------------------
 
     def sync_run(self, run_id: str, *, use_memo: bool = True) -> SyncOutcome:
         """Bring Comet up to date with the local run: online if possible, else an offline archive."""
         start = time.monotonic()
-        with _lock(run_id):
+        with run_lock(run_id):
             rec = self.get_run(run_id)
             state = RunState.load(run_id)
             target = snapshot(rec)
@@ -217,7 +217,7 @@ class CometTracker(Tracker):
         deleted: list[str] = []
         uploaded_now = False
         if remote is None and pending.get("mode") == "new" and archive and Path(archive).is_file():
-            uploaded = _upload_pending(self, state)
+            uploaded = upload_pending(self, state)
             if uploaded.mode != "uploaded":
                 return uploaded
             uploaded_now, deleted = True, uploaded.deleted_orphans
@@ -226,7 +226,7 @@ class CometTracker(Tracker):
         if remote is None:
             state.experiment_key = None  # never reached Comet (or deleted there): a new experiment
             outcome = self._push_online(rec, state, None, target)
-        elif _log_delta(_DryRun(), rec, remote, target) == 0 and remote.others.get("Name", rec.run_id) == rec.run_id:
+        elif log_delta(DryRun(), rec, remote, target) == 0 and remote.others.get("Name", rec.run_id) == rec.run_id:
             state.experiment_key = key  # Comet already holds all of it: nothing is sent twice
             state.sent = asdict(target)
             state.save()
@@ -242,7 +242,7 @@ class CometTracker(Tracker):
             Path(archive).unlink(missing_ok=True)
         state.pending = None
         state.save()
-        deleted += _delete_orphans(state)
+        deleted += delete_orphans(state)
         outcome.deleted_orphans = deleted
         return outcome
 
@@ -257,14 +257,14 @@ class CometTracker(Tracker):
         try:
             if existing:
                 exp = comet_ml.ExistingExperiment(
-                    experiment_key=existing, offline_directory=scratch, **_options(comet_ml.ExistingExperiment)
+                    experiment_key=existing, offline_directory=scratch, **experiment_options(comet_ml.ExistingExperiment)
                 )
             else:
                 exp = comet_ml.Experiment(
                     project_name=rec.project,
                     workspace=comet_env.workspace(),
                     offline_directory=scratch,
-                    **_options(comet_ml.Experiment),
+                    **experiment_options(comet_ml.Experiment),
                 )
             # The SDK calls this when it had to fall back to an offline archive mid-way.
             exp.set_offline_zip_uploader(fell_back.append)
@@ -272,7 +272,7 @@ class CometTracker(Tracker):
             if not exp.alive:
                 error = "the experiment could not be created or continued"
             else:
-                items = _log_delta(exp, rec, base if existing else None, target)
+                items = log_delta(exp, rec, base if existing else None, target)
                 if existing and base is not None and base.others.get("Name", rec.run_id) != rec.run_id:
                     exp.set_name(rec.run_id)
                 if not exp.flush() or not exp.alive:
@@ -318,17 +318,17 @@ class CometTracker(Tracker):
             exp = comet_ml.ExistingOfflineExperiment(
                 experiment_key=state.experiment_key,
                 offline_directory=str(out_dir),
-                **_options(comet_ml.ExistingOfflineExperiment),
+                **experiment_options(comet_ml.ExistingOfflineExperiment),
             )
         else:
             exp = comet_ml.OfflineExperiment(
                 project_name=rec.project,
                 workspace=comet_env.workspace(),
                 offline_directory=str(out_dir),
-                **_options(comet_ml.OfflineExperiment),
+                **experiment_options(comet_ml.OfflineExperiment),
             )
         exp.set_offline_zip_uploader(written.append)
-        items = _log_delta(exp, rec, base, target)
+        items = log_delta(exp, rec, base, target)
         key = exp.get_key()
         exp.end()
         archive = written[0] if written else str(out_dir / f"{key}.zip")

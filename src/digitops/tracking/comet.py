@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from digitops.comet.offline import pending_runs, remote_snapshot, stray_archives, sync_pending, upload_archive
-from digitops.comet.queries import METRICS_PAGE, _api, _experiments, comet_metric_summary, comet_workspace, summarise
+from digitops.comet.queries import METRICS_PAGE, _experiments, comet_api, comet_metric_summary, comet_workspace, summarise
+
+_api = comet_api  # the name bench/bench_compare.py imports
 from digitops.comet.state import (
     EXPERIMENT_OPTIONS,
     KEY_TAG,
