@@ -329,7 +329,7 @@ def _compare_requests(fake: FakeComet) -> tuple[Any, int]:
 
 
 def test_comparison_cost_grows_with_pages_not_experiments(fake: FakeComet, monkeypatch: pytest.MonkeyPatch) -> None:
-    from digitops.tracking import comet as comet_tracking
+    from digitops.comet import queries as comet_queries
 
     _candidate()
     fake.add_experiment(PROJECT, "cand", {"test_accuracy": 0.995}, {"digitops_run_id": "cand",
@@ -351,7 +351,7 @@ def test_comparison_cost_grows_with_pages_not_experiments(fake: FakeComet, monke
     assert at_50 == at_5, (at_5, at_50)
 
     # Paging: 10 experiments a request, two metrics: 50 experiments cost 2 x (5 - 1) more requests than 5.
-    monkeypatch.setattr(comet_tracking, "METRICS_PAGE", 10)
+    monkeypatch.setattr(comet_queries, "METRICS_PAGE", 10)
     paged, at_50_paged = _compare_requests(fake)
     assert at_50_paged == at_50 + 2 * 4
     assert paged.project_count == 50 and paged.project_mean == pytest.approx(fifty.project_mean)

@@ -289,3 +289,19 @@ def test_unreadable_production_or_history_is_unjudged_never_a_pass(stores, monke
         assert c.headline().startswith("⛔ Cannot judge the candidate") and "pass" not in c.headline()
         allowed = compare("cand", tracker=trk, registry=rg, allow_unjudged=True)
         assert allowed.verdict == PASS and "local store" in allowed.reasons[0]
+
+
+def test_compare_returns_structured_reasons_that_wording_renders(stores) -> None:
+    """Computation returns data (codes, pass/fail, facts); the sentences are rendering (digitops.wording)."""
+    from digitops.compare import Reason
+    from digitops.wording import reason_text
+
+    tracker, reg = stores
+    add_run(tracker, "weak", {"test_accuracy": 0.85})
+    c = compare("weak", tracker=tracker, registry=reg)
+    assert [(r.code, r.ok) for r in c.findings] == [("floor", False), ("no-production", True), ("project", True)]
+    assert c.findings[0].facts["value"] == 0.85 and c.findings[0].facts["limit"] == 0.9
+    assert all(isinstance(r, Reason) for r in c.findings)
+    assert c.reasons == [reason_text(r, c.metric) for r in c.findings]
+    data = c.to_dict()
+    assert data["findings"][0]["code"] == "floor" and data["reasons"][0].startswith("Test accuracy 85.00 %")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -91,3 +94,99 @@ def test_notebook_run_from_the_notebooks_folder_lands_in_the_store_the_cli_reads
     runs = json.loads(listed.stdout)
     assert len(runs) == 1 and runs[0]["status"] == "finished", listed.stdout
     assert (project / "runs" / runs[0]["run_id"] / "model.keras").is_file()
+
+
+# -- one registry of settings ----------------------------------------------------------------
+
+_OURS = re.compile(r"^(DIGITOPS|COMET|GITLAB)_[A-Z0-9_]*$")
+#: Modules another helper owns; their reads move to config.env when that work is merged (issue 14).
+_NOT_YET = ("dashboard/",)
+
+
+def _string_constants(tree: ast.Module) -> dict[str, str]:
+    """Module-level ``NAME = "DIGITOPS_..."`` constants, so ``os.environ.get(PIN_ENV)`` is seen too."""
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    found[target.id] = node.value.value
+    return found
+
+
+def _variable(node: ast.AST, constants: dict[str, str]) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return constants.get(node.id)
+    if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+        return f"{node.values[0].value}*"  # f"COMET_{key}": a computed name of ours
+    return None
+
+
+def _reads(path: Path) -> list[tuple[int, str]]:
+    """(line, variable) for each of our variables this module reads from a mapping or with getenv."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    constants = _string_constants(tree)
+    out = []
+    for node in ast.walk(tree):
+        arg = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            if node.func.attr in ("get", "getenv", "pop"):
+                arg = node.args[0]
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            arg = node.slice
+        name = _variable(arg, constants) if arg is not None else None
+        if name and _OURS.match(name.rstrip("*")):
+            out.append((node.lineno, name))
+    return out
+
+
+def test_every_variable_is_read_only_through_config() -> None:
+    src = ROOT / "src" / "digitops"
+    elsewhere = []
+    for path in sorted(src.rglob("*.py")):
+        rel = path.relative_to(src).as_posix()
+        if rel == "config.py" or rel.startswith(_NOT_YET):
+            continue
+        elsewhere += [f"{rel}:{line}: {name}" for line, name in _reads(path)]
+    assert elsewhere == [], "read these through digitops.config.env():\n" + "\n".join(elsewhere)
+
+
+def test_the_checker_sees_a_read(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text('import os\nPIN = "DIGITOPS_X"\na = os.environ.get(PIN)\nb = os.environ["GITLAB_TOKEN"]\n'
+                   'c = os.getenv("COMET_API_KEY")\nd = env.get(f"COMET_{k}")\n', encoding="utf-8")
+    assert [name for _, name in _reads(bad)] == ["DIGITOPS_X", "GITLAB_TOKEN", "COMET_API_KEY", "COMET_*"]
+
+
+def test_click_options_read_only_declared_variables() -> None:
+    from digitops.cli import cli
+
+    def walk(command: Any) -> Iterator[Any]:
+        yield command
+        for sub in getattr(command, "commands", {}).values():
+            yield from walk(sub)
+
+    envvars = {p.envvar for c in walk(cli) for p in c.params if isinstance(getattr(p, "envvar", None), str)}
+    ours = {v for v in envvars if _OURS.match(v)}
+    assert ours and ours <= set(config.SETTINGS), ours - set(config.SETTINGS)
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = {name for line in re.findall(r"^\| ([^|]+) \|", table, re.MULTILINE)
+            for name in re.findall(r"`([A-Z0-9_]+)`", line)}
+    missing = [name for name in config.SETTINGS if name not in rows]
+    assert missing == [], f"add to README's configuration table: {missing}"
+    test_tools = {"DIGITOPS_NODE_PREFIX", "DIGITOPS_CHROMIUM", "DIGITOPS_TEST_TOOLS_DRY_RUN"}  # read by tests/tools
+    assert rows - set(config.SETTINGS) <= test_tools, rows - set(config.SETTINGS) - test_tools
+
+
+def test_env_reads_a_declared_variable_with_its_default() -> None:
+    assert config.env("DIGITOPS_GITLAB_MAX_WAIT", {}) == "120"
+    assert config.env("DIGITOPS_GITLAB_MAX_WAIT", {"DIGITOPS_GITLAB_MAX_WAIT": "5"}) == "5"
+    assert config.env("DIGITOPS_MNIST_DIR", {"DIGITOPS_MNIST_DIR": ""}) is None
+    with pytest.raises(KeyError):
+        config.env("DIGITOPS_NOT_DECLARED", {})

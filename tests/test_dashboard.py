@@ -446,7 +446,7 @@ def test_cli_fetch_only(home, tiny_models):
     from digitops.cli import cli
 
     res = CliRunner().invoke(cli, ["dashboard", "--fetch-only"])
-    assert res.exit_code == 1 and "No production version" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "No production version" in res.output and "Traceback" not in res.output
     mv = SqliteRegistry().register(NAME, tiny_models[0], "run-a", status="production")
     res = CliRunner().invoke(cli, ["dashboard", "--fetch-only"])
     assert res.exit_code == 0, res.output

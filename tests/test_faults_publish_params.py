@@ -191,7 +191,7 @@ def test_7_retry_after_is_capped_per_command(fake: FakeGitLab, tmp_path: Path) -
 
     proc = _cli(["publish", "mr", "--report-dir", str(tmp_path / "report")], env, tmp_path, timeout=45)
 
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "asked to wait 60 s" in lines[0]
     assert "DIGITOPS_GITLAB_MAX_WAIT" in lines[0] and "Traceback" not in proc.stderr

@@ -267,7 +267,7 @@ def test_runs_mark_failed(workdir: Path) -> None:
     assert "run stuck: running -> failed" in result.output
     assert tracker.get_run("stuck").status == "failed"
     refused = CliRunner().invoke(cli, ["runs", "mark-failed", "done"])
-    assert refused.exit_code == 1 and "run done is finished" in refused.output
+    assert refused.exit_code == 2 and "run done is finished" in refused.output
     assert tracker.get_run("done").status == "finished"
 
 
@@ -283,7 +283,7 @@ def _cli(*args: str) -> Any:
 
 
 def _one_clean_line(result: Any) -> str:
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit), result.exception  # a clean exit, not a crash
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1, result.output
@@ -431,7 +431,7 @@ def test_flipped_bit_in_npy_cache_is_detected(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ case 12: hostile input, unusable folders
 
 
-def _one_line_error(workdir: Path, *args: str, code: int = 1, **env: str) -> str:
+def _one_line_error(workdir: Path, *args: str, code: int = 2, **env: str) -> str:
     proc = subprocess.run([*DIGITOPS, *args], cwd=workdir, env=_env(workdir, **env), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == code, (proc.stdout, proc.stderr)

@@ -276,11 +276,16 @@ def test_field_gate(monkeypatch, env, metrics, verdict, words):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    got, reasons = gate.judge(metrics, "pass", ["earlier reason"])
+    from digitops.compare import Reason
+    from digitops.wording import reason_text
+
+    earlier = Reason("nan", False, {})
+    got, findings = gate.judge(metrics, "pass", [earlier])
     assert got == verdict
     if words is None:
-        assert reasons == ["earlier reason"]
+        assert findings == [earlier]
     else:
+        reasons = [reason_text(r, "test_accuracy") for r in findings]
         assert any(words in r for r in reasons), reasons
         if verdict == "fail":
             assert words in reasons[0]  # gate failures come first

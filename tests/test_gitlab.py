@@ -364,7 +364,7 @@ def test_cli_requires_the_job_ids_for_notebook_links(fake: FakeGitLab, report_di
 
 def test_cli_reports_auth_errors(fake: FakeGitLab, report_dir: Path, tmp_path: Path) -> None:
     result = digitops(["publish", "mr", "--report-dir", str(report_dir)], ci_env(fake, GITLAB_TOKEN="glpat-wrong"), tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "401" in result.stderr and "project access token" in result.stderr
     assert "Traceback" not in result.stderr and "glpat-wrong" not in result.stderr
 
@@ -396,7 +396,7 @@ def test_trigger_errors_are_clear(fake: FakeGitLab, tmp_path: Path) -> None:
     missing = digitops(["publish", "trigger"], env, tmp_path)
     assert missing.returncode == 2 and "MODEL_VERSION" in missing.stderr
     refused = digitops(["publish", "trigger", "--version", "0.1.0"], env, tmp_path)
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert "allowlist" in refused.stderr and "glcbt-not-allowed" not in refused.stderr
     assert fake.pipelines == []
 

@@ -321,7 +321,7 @@ def test_cli_promote_and_rollback_change_what_download_returns(workdir: Path, ke
         return _sha(path)
 
     res = runner.invoke(cli, ["registry", "download", str(tmp_path / "prod")])
-    assert res.exit_code == 1 and "no version with status 'production'" in res.output
+    assert res.exit_code == 2 and "no version with status 'production'" in res.output
     run("registry", "promote", "0.1.0")
     assert production_sha() == files["run-0"]
     assert "(was 0.1.0)" in run("registry", "promote", "0.3.0")
@@ -337,6 +337,6 @@ def test_cli_promote_and_rollback_change_what_download_returns(workdir: Path, ke
     assert shown["version"] == "0.1.0" and shown["sha256"] == files["run-0"]
     assert "status:     staging" in run("registry", "show", "0.2.0")
     res = runner.invoke(cli, ["registry", "rollback"])
-    assert res.exit_code == 1 and "no earlier production version" in res.output
+    assert res.exit_code == 2 and "no earlier production version" in res.output
     res = runner.invoke(cli, ["registry", "register", "missing-run"])
-    assert res.exit_code == 1 and "unknown run 'missing-run'" in res.output and "--model" in res.output
+    assert res.exit_code == 2 and "unknown run 'missing-run'" in res.output and "--model" in res.output

@@ -375,7 +375,7 @@ def test_runs_cli_list_and_show(tracker: SqliteTracker) -> None:
     res = runner.invoke(cli, ["runs", "show", "r1"])
     assert res.exit_code == 0 and "test_accuracy = 91.23 %" in res.output and "architecture = mlp" in res.output
     res = runner.invoke(cli, ["runs", "show", "missing"])
-    assert res.exit_code == 1 and "unknown run 'missing'" in res.output
+    assert res.exit_code == 2 and "unknown run 'missing'" in res.output
 
 
 @pytest.mark.slow

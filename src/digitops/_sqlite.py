@@ -100,6 +100,15 @@ def problem(what: str, path: Path, exc: BaseException) -> str:
     return f"the {what} database {path} is not usable: {exc}"
 
 
+@contextmanager
+def translated(what: str, path: Path, error: type[Exception]) -> Iterator[None]:
+    """Turn a ``sqlite3.Error`` raised in the block into ``error`` carrying :func:`problem`'s one line."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise error(problem(what, path, exc)) from exc
+
+
 def _refuse_empty(path: Path, what: str, error: type[Exception]) -> None:
     # A store is only ever put in place complete (see _create), so a 0-byte file is damage
     # (a full disk, a truncating copy), not a new store: SQLite would happily use it as one.

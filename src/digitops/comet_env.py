@@ -36,7 +36,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
-from digitops import config
+from digitops import atomic, config
 
 #: Environment defaults applied before comet_ml is imported (see module docstring).
 SDK_DEFAULTS: dict[str, str] = {
@@ -88,15 +88,10 @@ UNREACHABLE_TTL_S = 300.0
 #: Connect and read timeouts of :func:`probe` (seconds).
 PROBE_TIMEOUT_S = (2.0, 3.0)
 
-_prepared = False
-
-
 def prepare() -> None:
     """Put :data:`SDK_DEFAULTS` into ``os.environ`` (user values win). Idempotent."""
-    global _prepared
     for key, value in SDK_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    _prepared = True
 
 
 def import_comet() -> ModuleType:
@@ -114,7 +109,7 @@ SETTINGS = ("api_key", "url_override", "workspace", "project_name")
 def _config_files() -> list[Path]:
     """The SDK's ini files in its order of precedence (highest first)."""
     files = []
-    override = os.environ.get("COMET_INI") or os.environ.get("COMET_CONFIG")
+    override = config.env("COMET_INI") or config.env("COMET_CONFIG")
     if override:
         path = Path(override).expanduser()
         files.append(path / ".comet.config" if path.is_dir() else path)
@@ -154,7 +149,7 @@ def _read(path: Path) -> dict[str, str]:
 def setting(key: str) -> str | None:
     """The SDK's setting ``key`` (one of :data:`SETTINGS`) from where the SDK would find it, or None."""
     env = f"COMET_{key.upper()}"
-    value = os.environ.get(env) or _read(Path(".env")).get(env)
+    value = config.env(env) or _read(Path(".env")).get(env)
     if value:
         return value
     for path in _config_files():
@@ -171,7 +166,7 @@ def api_key() -> str | None:
 
 def offline_forced() -> bool:
     """True when ``--offline`` / ``$DIGITOPS_COMET_OFFLINE`` asks not to contact Comet at all."""
-    return os.environ.get("DIGITOPS_COMET_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return (config.env("DIGITOPS_COMET_OFFLINE") or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def force_offline() -> None:
@@ -235,9 +230,7 @@ def mark_unreachable(reason: str) -> None:
     _last_ok.pop(server_root(), None)
     path = _unreachable_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"server": server_root(), "at": time.time(), "reason": reason[:300]}))
-    os.replace(tmp, path)
+    atomic.write_json(path, {"server": server_root(), "at": time.time(), "reason": reason[:300]})
 
 
 def mark_reachable() -> None:

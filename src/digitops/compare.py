@@ -17,16 +17,32 @@ read), the verdict is ``unjudged`` (never a pass) and says why. Whoever
 accepts the risk sets ``--allow-unjudged`` / ``$DIGITOPS_ALLOW_UNJUDGED=1``:
 the candidate is then judged against the embedded local store and registry
 instead, and the report says so.
+
+Size (over 400 lines): the gate, the data of a comparison and :func:`compare`, which gathers the
+candidate, the project and production with fail-closed fallbacks; all wording is in :mod:`digitops.wording`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from digitops import config
+from digitops.wording import (  # re-exported: the formatting used to live here
+    fmt_amount,
+    fmt_delta,
+    fmt_value,
+    higher_is_better_default,
+    is_fraction_metric,
+    label,
+    describe_gate,
+    headline as _headline,
+    reason_text,
+)
+from digitops.errors import CompareError  # re-exported
 from digitops.registry.base import PRODUCTION, ModelVersion, Registry, RegistryError
 from digitops.tracking.base import FAILED, MetricSummary, RunRecord, Tracker, TrackingError
 
@@ -46,64 +62,7 @@ ENV_ALLOW_UNJUDGED = "DIGITOPS_ALLOW_UNJUDGED"
 
 def allow_unjudged_default(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``$DIGITOPS_ALLOW_UNJUDGED`` accepts judging against the local store."""
-    env = os.environ if environ is None else environ
-    return env.get(ENV_ALLOW_UNJUDGED, "").strip().lower() in ("1", "true", "yes", "on", "allow")
-
-
-class CompareError(Exception):
-    """The comparison cannot be made (unknown run, missing metric, bad gate)."""
-
-
-# -- formatting shared with the report -----------------------------------------------
-
-
-def is_fraction_metric(metric: str) -> bool:
-    """Accuracy-like metrics are fractions shown as percentages and deltas in points."""
-    return "accuracy" in metric or metric.endswith(("precision", "recall", "f1"))
-
-
-def higher_is_better_default(metric: str) -> bool:
-    """Losses, errors and durations improve downwards; everything else upwards."""
-    return not metric.endswith(("loss", "error", "seconds", "_time"))
-
-
-def label(metric: str) -> str:
-    """``test_accuracy`` -> ``test accuracy``."""
-    return metric.replace("_", " ")
-
-
-def fmt_value(metric: str, value: float | None) -> str:
-    """A metric value for people: ``99.12 %``, ``0.0312``, ``12.3 s``, ``—`` when missing."""
-    if value is None:
-        return "—"
-    if math.isnan(value):
-        return "NaN"
-    if is_fraction_metric(metric):
-        return f"{value * 100:.2f} %"
-    if metric.endswith("seconds"):
-        return f"{value:.1f} s"
-    return f"{value:.4g}"
-
-
-def fmt_delta(metric: str, delta: float | None) -> str:
-    """A signed difference: ``+0.31 pts``, ``-0.0040``, ``±0.00 pts``, ``—`` when missing."""
-    if delta is None:
-        return "—"
-    if math.isnan(delta):
-        return "NaN"
-    if is_fraction_metric(metric):
-        pts = delta * 100
-        return "±0.00 pts" if round(pts, 2) == 0 else f"{pts:+.2f} pts"
-    if metric.endswith("seconds"):
-        return "±0.0 s" if round(delta, 1) == 0 else f"{delta:+.1f} s"
-    return "±0" if delta == 0 else f"{delta:+.4g}"
-
-
-def fmt_amount(metric: str, amount: float) -> str:
-    """An unsigned size of a difference (tolerances): ``0.20 pts``."""
-    if is_fraction_metric(metric):
-        return f"{amount * 100:.2f} pts"
-    return f"{amount:.4g}"
+    return (config.env(ENV_ALLOW_UNJUDGED, environ) or "").strip().lower() in ("1", "true", "yes", "on", "allow")
 
 
 # -- gate -----------------------------------------------------------------------------
@@ -134,12 +93,11 @@ class Gate:
         A floor of ``none`` (or ``off``) disables the floor; so does
         ``higher_is_better=False`` without an explicit floor.
         """
-        env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        raw_floor = env.get(ENV_FLOOR, "").strip()
+        raw_floor = (config.env(ENV_FLOOR, environ) or "").strip()
         if raw_floor:
             values["floor"] = None if raw_floor.lower() in ("none", "off") else _env_float(ENV_FLOOR, raw_floor)
-        raw_tol = env.get(ENV_TOLERANCE, "").strip()
+        raw_tol = (config.env(ENV_TOLERANCE, environ) or "").strip()
         if raw_tol:
             values["tolerance"] = _env_float(ENV_TOLERANCE, raw_tol)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -147,14 +105,41 @@ class Gate:
             values["floor"] = None  # the 0.9 default is an accuracy floor, meaningless as a loss ceiling
         return cls(**values)
 
+    @classmethod
+    def from_options(
+        cls, metric: str, *, floor: str | None = None, tolerance: float | None = None, lower_is_better: bool = False
+    ) -> "Gate":
+        """The gate of a command's ``--floor`` / ``--tolerance`` / ``--lower-is-better`` over the environment's.
+
+        ``floor`` is a number or ``none``/``off``; the result is :meth:`checked <check>`
+        for ``metric``, so a bad gate is refused before any work starts.
+        """
+        overrides: dict[str, Any] = {"tolerance": tolerance, "higher_is_better": False if lower_is_better else None}
+        if floor is not None:
+            if floor.strip().lower() in ("none", "off"):
+                overrides["floor"] = None
+            else:
+                try:
+                    overrides["floor"] = float(floor)
+                except ValueError:
+                    raise CompareError(f"--floor must be a number or 'none', got {floor!r}") from None
+        gate = cls.from_env(**{k: v for k, v in overrides.items() if v is not None})
+        if "floor" in overrides and overrides["floor"] is None:
+            gate = dataclasses.replace(gate, floor=None)
+        gate.check(metric)
+        return gate
+
+    def check(self, metric: str) -> None:
+        """Raise :class:`CompareError` when this gate cannot apply to ``metric`` (a fraction's floor above 1)."""
+        if is_fraction_metric(metric) and self.floor is not None and not 0 <= self.floor <= 1:
+            raise CompareError(
+                f"the floor {self.floor} is not a fraction; {label(metric)} is between 0 and 1 "
+                f"(write 0.9 for 90 %)"
+            )
+
     def describe(self, metric: str) -> str:
-        """The rule in words, e.g. ``test accuracy ≥ production − 0.20 pts and ≥ 90.00 % (floor)``."""
-        ge = "≥" if self.higher_is_better else "≤"
-        sign = "−" if self.higher_is_better else "+"
-        parts = [f"{label(metric)} {ge} production {sign} {fmt_amount(metric, self.tolerance)}"]
-        if self.floor is not None:
-            parts.append(f"{ge} {fmt_value(metric, self.floor)} ({'floor' if self.higher_is_better else 'ceiling'})")
-        return " and ".join(parts)
+        """The rule in words (:func:`digitops.wording.describe_gate`)."""
+        return describe_gate(self, metric)
 
 
 def _env_float(name: str, raw: str) -> float:
@@ -165,6 +150,18 @@ def _env_float(name: str, raw: str) -> float:
 
 
 # -- result -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One reason for a verdict, as data: ``code`` (floor, production, project, ...), pass/fail, the facts.
+
+    :func:`digitops.wording.reason_text` turns it into a sentence.
+    """
+
+    code: str
+    ok: bool = True
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -205,8 +202,8 @@ class Comparison:
     #: signed ``candidate - baseline`` for "mean", "best" and "production" (None: no baseline)
     deltas: dict[str, float | None]
     verdict: str
-    #: human sentences explaining the verdict, most important first
-    reasons: list[str]
+    #: why, most important first (failures before notes); :attr:`reasons` words them
+    findings: list[Reason]
     rows: list[MetricRow] = field(default_factory=list)
     production_url: str | None = None
     #: parameters of the production version's run, when the tracker knows that run
@@ -222,27 +219,17 @@ class Comparison:
     def judged(self) -> bool:
         return self.verdict != UNJUDGED
 
+    @property
+    def reasons(self) -> list[str]:
+        """The findings as sentences (:func:`digitops.wording.reason_text`)."""
+        return [reason_text(r, self.metric) for r in self.findings]
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "reasons": self.reasons}
 
     def headline(self) -> str:
-        """One line, e.g. ``✅ Candidate passes the gate: test accuracy 99.12 % (+0.31 pts vs production 1.2.0)``."""
-        value = f"{label(self.metric)} {fmt_value(self.metric, self.candidate)}"
-        if not self.judged:
-            return f"⛔ Cannot judge the candidate ({value}): {self.unjudged_reason}"
-        mark, word = ("✅", "passes") if self.passed else ("❌", "fails")
-        if self.production_version is not None and self.production_value is not None:
-            ctx = f"{fmt_delta(self.metric, self.deltas['production'])} vs production {self.production_version}"
-        elif self.production_version is not None:
-            ctx = f"production {self.production_version} has no {label(self.metric)}"
-        else:
-            ctx = "no production model yet"
-        if self.gate.floor is not None and self.production_value is None:
-            which = "floor" if self.gate.higher_is_better else "ceiling"
-            ctx += f"; {which} {fmt_value(self.metric, self.gate.floor)}"
-        if self.unjudged_reason:
-            ctx += "; ⚠️ judged against the local store only (--allow-unjudged)"
-        return f"{mark} Candidate {word} the gate: {value} ({ctx})"
+        """One line for people (:func:`digitops.wording.headline`)."""
+        return _headline(self)
 
 
 # -- comparison -------------------------------------------------------------------------
@@ -281,6 +268,8 @@ def compare(
     ``unjudged`` comparison (never a pass), unless ``allow_unjudged`` (default:
     ``$DIGITOPS_ALLOW_UNJUDGED``) accepts judging against the local store instead.
     """
+    # Long: gathers the candidate, the project and production with fail-closed fallbacks, then judges
+    # (_judge); the steps share the fallback state, so they stay in one function.
     if allow_unjudged is None:
         allow_unjudged = allow_unjudged_default()
     if tracker is None:
@@ -293,11 +282,7 @@ def compare(
         registry = get_registry()
     gate = gate or Gate()
     model_name = model_name or config.model_name()
-    if is_fraction_metric(metric) and gate.floor is not None and not 0 <= gate.floor <= 1:
-        raise CompareError(
-            f"the floor {gate.floor} is not a fraction; {label(metric)} is between 0 and 1 "
-            f"(write 0.9 for 90 %)"
-        )
+    gate.check(metric)
 
     try:
         run = tracker.get_run(run_id)
@@ -364,33 +349,27 @@ def compare(
     main = rows[0]
     if problem is not None and not allow_unjudged:
         verdict = UNJUDGED
-        reasons = [
-            f"Cannot judge: {problem}.",
-            "The comparison with production and the project's runs could not be made, so the candidate "
-            "does not pass. Run it again once the backend answers, or accept the risk with "
-            f"--allow-unjudged (${ENV_ALLOW_UNJUDGED}=1) to judge against the local store.",
+        findings = [
+            Reason("cannot-judge", False, {"problem": problem}),
+            Reason("cannot-judge-advice", False, {"env": ENV_ALLOW_UNJUDGED}),
         ]
     else:
-        verdict, reasons = _judge(metric, candidate, gate, prod, main.production, main.delta_production)
+        verdict, findings = _judge(metric, candidate, gate, prod, main.production, main.delta_production)
         from digitops.feedback import gate as field_gate  # the field-set rule (digits corrected in the dashboard)
 
-        verdict, reasons = field_gate.judge(run.metrics, verdict, reasons)
-        reasons.append(_project_sentence(run, main))
+        verdict, findings = field_gate.judge(run.metrics, verdict, findings)
+        findings.append(_project_finding(run, main))
         if problem is not None:
-            reasons.insert(
-                0,
-                f"Judged against the local store and registry only (--allow-unjudged): {problem}.",
-            )
+            findings.insert(0, Reason("local-store", True, {"problem": problem}))
     if (
         prod is not None
         and prod_run is not None
         and run.data_checksum
         and prod_run.data_checksum not in (None, run.data_checksum)
     ):
-        reasons.append(
-            f"Production {prod.version} was evaluated on a different dataset "
-            f"(data checksum {prod_run.data_checksum} vs {run.data_checksum})."
-        )
+        findings.append(Reason("other-dataset", True, {
+            "version": prod.version, "production_checksum": prod_run.data_checksum, "checksum": run.data_checksum,
+        }))
 
     return Comparison(
         run_id=run_id,
@@ -409,7 +388,7 @@ def compare(
         production_value=main.production,
         deltas={"mean": main.delta_mean, "best": main.delta_best, "production": main.delta_production},
         verdict=verdict,
-        reasons=reasons,
+        findings=findings,
         rows=rows,
         production_url=(prod.url if prod and prod.url else (prod_run.url if prod_run else None)),
         production_params=dict(prod_run.params) if prod_run is not None else None,
@@ -431,9 +410,10 @@ def _local_stand_in_summary(tracker: Tracker, name: str, query: dict[str, Any]) 
     """With ``--allow-unjudged``: the summary over the embedded store's runs."""
     from digitops.tracking.sqlite import SqliteTracker
 
-    local = tracker if isinstance(tracker, SqliteTracker) else SqliteTracker()
+    # A Comet tracker keeps its embedded store as ``local``; any other tracker: the default store.
+    local = tracker if isinstance(tracker, SqliteTracker) else getattr(tracker, "local", None) or SqliteTracker()
     try:
-        return SqliteTracker.metric_summary(local, name, **query)
+        return local.metric_summary(name, **query)
     except TrackingError:
         return MetricSummary(metric=name, count=0, mean=None, best=None, best_run_id=None, worst=None)
 
@@ -445,56 +425,44 @@ def _judge(
     prod: ModelVersion | None,
     prod_value: float | None,
     delta: float | None,
-) -> tuple[str, list[str]]:
+) -> tuple[str, list[Reason]]:
     """The verdict and its reasons (gate failures first)."""
-    name, shown = label(metric), fmt_value(metric, candidate)
-    failures: list[str] = []
-    notes: list[str] = []
+    failures: list[Reason] = []
+    notes: list[Reason] = []
     if math.isnan(candidate):
-        return FAIL, [f"The candidate's {name} is not a number (NaN): training diverged or evaluation failed."]
+        return FAIL, [Reason("nan", False)]
 
     if gate.floor is not None:
-        limit = fmt_value(metric, gate.floor)
-        if gate.higher_is_better:
-            ok = candidate >= gate.floor - _EPS
-            text = f"{name} {shown} is {'at or above' if ok else 'below'} the floor {limit}."
-        else:
-            ok = candidate <= gate.floor + _EPS
-            text = f"{name} {shown} is {'at or below' if ok else 'above'} the ceiling {limit}."
-        (notes if ok else failures).append(text[0].upper() + text[1:])
+        ok = candidate >= gate.floor - _EPS if gate.higher_is_better else candidate <= gate.floor + _EPS
+        floor = Reason("floor", ok, {"value": candidate, "limit": gate.floor, "higher_is_better": gate.higher_is_better,
+                                     "ok": ok})
+        (notes if ok else failures).append(floor)
 
     if prod is None:
-        notes.insert(
-            0,
-            "No production model yet: judged by the floor only."
-            if gate.floor is not None
-            else "No production model yet and no floor set: nothing to judge against.",
-        )
+        notes.insert(0, Reason("no-production", True, {"has_floor": gate.floor is not None}))
     elif prod_value is None or delta is None or math.isnan(prod_value):
-        notes.insert(0, f"Production {prod.version} has no {name} recorded: judged by the floor only.")
+        notes.insert(0, Reason("production-lacks-metric", True, {"version": prod.version}))
     else:
-        tol = fmt_amount(metric, gate.tolerance)
-        ref = f"production {prod.version} ({fmt_value(metric, prod_value)})"
         # ``gain`` > 0 means better than production, whichever direction is better.
         gain = delta if gate.higher_is_better else -delta
-        size = fmt_amount(metric, abs(delta))
         if abs(delta) <= _EPS:
-            notes.insert(0, f"{name.capitalize()} ties with {ref}.")
+            outcome = "tie"
         elif gain > 0:
-            notes.insert(0, f"{name.capitalize()} is {size} better than {ref}.")
+            outcome = "better"
         elif gain >= -gate.tolerance - _EPS:
-            notes.insert(0, f"{name.capitalize()} is {size} worse than {ref}, within the tolerance of {tol}.")
+            outcome = "within"
         else:
-            failures.insert(0, f"{name.capitalize()} is {size} worse than {ref}, more than the tolerance of {tol}.")
+            outcome = "worse"
+        finding = Reason("production", outcome != "worse", {
+            "version": prod.version, "production": prod_value, "delta": delta, "tolerance": gate.tolerance,
+            "outcome": outcome,
+        })
+        (failures if outcome == "worse" else notes).insert(0, finding)
     return (FAIL if failures else PASS), failures + notes
 
 
-def _project_sentence(run: RunRecord, row: MetricRow) -> str:
-    where = f"project {run.project!r}" + (" on the same dataset" if run.data_checksum else "")
-    if row.count == 0:
-        return f"No other finished runs in {where} yet."
-    return (
-        f"Against {row.count} other finished run{'s' if row.count != 1 else ''} in {where}: "
-        f"mean {fmt_value(row.metric, row.mean)} ({fmt_delta(row.metric, row.delta_mean)}), "
-        f"best {fmt_value(row.metric, row.best)} ({fmt_delta(row.metric, row.delta_best)}, run {row.best_run_id})."
-    )
+def _project_finding(run: RunRecord, row: MetricRow) -> Reason:
+    return Reason("project", True, {
+        "project": run.project, "same_dataset": bool(run.data_checksum), "count": row.count, "mean": row.mean,
+        "delta_mean": row.delta_mean, "best": row.best, "delta_best": row.delta_best, "best_run_id": row.best_run_id,
+    })

@@ -1,14 +1,76 @@
 """Where things live and which backends are active, from the environment.
 
 Every location has a default that works on a laptop with no account and no
-server, and an environment variable that moves it.
+server, and an environment variable that moves it. Every ``DIGITOPS_*``,
+``COMET_*`` and ``GITLAB_*`` variable the package reads is declared once in
+:data:`SETTINGS` (name, default, meaning) and read through :func:`env`; the
+README's configuration table is tested against it (tests/test_config.py).
+Writes for child processes (kernels, the Comet SDK) stay where they happen.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, its default (None: unset) and what it means."""
+
+    name: str
+    default: str | None
+    meaning: str
+
+
+_DECLARED = (
+    Setting("DIGITOPS_HOME", None, "embedded tracking and registry (SQLite) and their files; default <project root>/.digitops"),
+    Setting("DIGITOPS_RUNS", None, "run folders; default <project root>/runs"),
+    Setting("DIGITOPS_CACHE", None, "MNIST cache; default ~/.cache/digitops"),
+    Setting("DIGITOPS_MNIST_DIR", None, "a folder holding the four IDX files"),
+    Setting("DIGITOPS_NOTEBOOKS", None, "the folder of train.ipynb and evaluate.ipynb; default <project root>/notebooks"),
+    Setting("DIGITOPS_PROJECT", "digitops", "project whose runs are compared (COMET_PROJECT_NAME wins)"),
+    Setting("DIGITOPS_MODEL_NAME", "mnist-digits", "registry name of the model"),
+    Setting("DIGITOPS_GATE_FLOOR", None, "the gate's absolute floor (0.9), `none` disables it"),
+    Setting("DIGITOPS_GATE_TOLERANCE", None, "how far below production a candidate may be (0.002)"),
+    Setting("DIGITOPS_GATE_METRIC", None, "the metric the gate judges (test_accuracy)"),
+    Setting("DIGITOPS_ALLOW_UNJUDGED", None, "`1`: judge against the local store when Comet cannot be read"),
+    Setting("DIGITOPS_REPORT_BASE_URL", None, "URL of the run folder; report links become absolute under it"),
+    Setting("DIGITOPS_EXPERIMENT_URL", None, "the run's experiment page, linked from the MR note"),
+    Setting("DIGITOPS_COMET_OFFLINE", None, "`1`: keep Comet data in offline archives (as `digitops --offline`)"),
+    Setting("DIGITOPS_COMET_OWNER", None, "internal: the pid of the command whose kernels share its Comet run"),
+    Setting("DIGITOPS_GITLAB_MAX_WAIT", "120", "seconds one `digitops publish` may wait in all on Retry-After"),
+    Setting("DIGITOPS_LOG_LEVEL", None, "`debug`: show TensorFlow's and Jupyter's own logging"),
+    Setting("DIGITOPS_PROGRESS", "auto", "`text`: plain-text progress bars (set by the runner for kernels)"),
+    Setting("DIGITOPS_MODEL_VERSION", None, "the model version the dashboard serves (default: production)"),
+    Setting("DIGITOPS_MODEL_CACHE", None, "cache of the dashboard's model files; default <home>/model-cache"),
+    Setting("DIGITOPS_DASHBOARD", None, "the dashboard notebook; default ./dashboards/digits.ipynb"),
+    Setting("DIGITOPS_DASHBOARD_FILES", None, "internal: the files the dashboard server may serve"),
+    Setting("COMET_API_KEY", None, "track and register in Comet instead of SQLite (or api_key in ~/.comet.config)"),
+    Setting("COMET_WORKSPACE", None, "the Comet workspace (or workspace in ~/.comet.config)"),
+    Setting("COMET_PROJECT_NAME", None, "the Comet project (or project_name in ~/.comet.config)"),
+    Setting("COMET_URL_OVERRIDE", None, "a self-hosted Comet server's API URL (or url_override)"),
+    Setting("COMET_INI", None, "the Comet SDK's config file or folder (COMET_CONFIG is its older name)"),
+    Setting("COMET_CONFIG", None, "older name of COMET_INI"),
+    Setting("GITLAB_TOKEN", None, "project access token (api scope): publish the MR report with python-gitlab"),
+    Setting("GITLAB_USER_LOGIN", None, "set by GitLab CI: recorded as who registered a model version"),
+)
+#: Every variable the package reads, by name.
+SETTINGS: dict[str, Setting] = {s.name: s for s in _DECLARED}
+
+
+def env(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of the declared variable ``name`` (empty counts as unset), else its default.
+
+    ``environ`` defaults to the process environment; a ``KeyError`` for an
+    undeclared name keeps every variable in :data:`SETTINGS`.
+    """
+    setting = SETTINGS[name]
+    value = (os.environ if environ is None else environ).get(name)
+    return value if value else setting.default
 
 
 _PROJECT_NAME_LINE = re.compile(r"""^\s*name\s*=\s*["']digitops["']\s*(#.*)?$""", re.MULTILINE)
@@ -45,18 +107,21 @@ def _default_location(name: str) -> Path:
 
 def home() -> Path:
     """State folder for the embedded tracker and registry (``$DIGITOPS_HOME``, default ``<project root>/.digitops``)."""
-    return Path(os.environ["DIGITOPS_HOME"]) if os.environ.get("DIGITOPS_HOME") else _default_location(".digitops")
+    value = env("DIGITOPS_HOME")
+    return Path(value) if value else _default_location(".digitops")
 
 
 def runs_dir() -> Path:
     """Run folders (``$DIGITOPS_RUNS``, default ``<project root>/runs``)."""
-    return Path(os.environ["DIGITOPS_RUNS"]) if os.environ.get("DIGITOPS_RUNS") else _default_location("runs")
+    value = env("DIGITOPS_RUNS")
+    return Path(value) if value else _default_location("runs")
 
 
 def project_name() -> str:
     """Project whose runs are compared (``$COMET_PROJECT_NAME`` / ``$DIGITOPS_PROJECT`` / the SDK's config)."""
-    if os.environ.get("COMET_PROJECT_NAME") or os.environ.get("DIGITOPS_PROJECT"):
-        return os.environ.get("COMET_PROJECT_NAME") or os.environ["DIGITOPS_PROJECT"]
+    chosen = env("COMET_PROJECT_NAME") or os.environ.get("DIGITOPS_PROJECT")  # default only after the SDK's
+    if chosen:
+        return chosen
     from digitops import comet_env
 
     return comet_env.setting("project_name") or "digitops"
@@ -64,7 +129,7 @@ def project_name() -> str:
 
 def model_name() -> str:
     """Registry name of the model (``$DIGITOPS_MODEL_NAME``, default ``mnist-digits``)."""
-    return os.environ.get("DIGITOPS_MODEL_NAME", "mnist-digits")
+    return env("DIGITOPS_MODEL_NAME") or "mnist-digits"
 
 
 def comet_enabled() -> bool:
@@ -73,7 +138,3 @@ def comet_enabled() -> bool:
 
     return bool(comet_env.api_key())
 
-
-def gitlab_enabled() -> bool:
-    """True when a GitLab token is set for publishing reports."""
-    return bool(os.environ.get("GITLAB_TOKEN"))

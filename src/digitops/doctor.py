@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from urllib.parse import quote
 from digitops import config
 
 TRACKING, REGISTRY = "tracking", "registry"
-_VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 
 
 @dataclass
@@ -145,8 +143,10 @@ def _run_for_checksum(digest: str, runs_root: Path) -> str | None:
 
 def rebuild_registry(home: Path | None = None, runs_root: Path | None = None) -> str:
     """Rebuild ``registry.db`` from ``models/``; returns a one-paragraph summary."""
+    # Long: one pass over models/ that must read every sidecar and history file before writing the new index.
     from digitops.registry.base import PRODUCTION, STATUSES, sha256_file
-    from digitops.registry.sqlite import HISTORY_FILE, SIDECAR, SqliteRegistry, current_user
+    from digitops.registry.sqlite import HISTORY_FILE, SIDECAR, SqliteRegistry
+    from digitops.registry.versions import VERSION_RE, current_user
 
     home = home or config.home()
     runs_root = runs_root or config.runs_dir()
@@ -158,7 +158,7 @@ def rebuild_registry(home: Path | None = None, runs_root: Path | None = None) ->
         rows, promotions = [], []
         for f in sorted(store.glob("*/*/model.keras")):
             name, version = f.parent.parent.name, f.parent.name
-            if not _VERSION_RE.match(version):
+            if not VERSION_RE.match(version):
                 notes.append(f"skipped {f}: {version!r} is not a version")
                 continue
             digest = sha256_file(f)

@@ -25,6 +25,9 @@ API itself does not offer:
   ``Retry-After: 60`` would hold a job for minutes per request.
 
 The token is never printed, logged or put into a note or an error message.
+
+Size (over 400 lines): everything that talks to GitLab through one python-gitlab client (settings,
+link rewriting, Retry-After caps, notes, uploads, triggers); the Markdown link rewriting could move out.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ import gitlab.exceptions
 import requests
 
 from digitops import __version__, config
+from digitops.errors import ConfigError, PublishError
+from digitops.report import REPORT_MARKER_PREFIX, report_marker
 
 #: What each variable that publishing reads is.
 VARIABLE_HELP: dict[str, str] = {
@@ -76,7 +81,7 @@ TOKEN_HELP = (
 )
 
 #: The hidden first line of a digitops report.
-MARKER_RE = re.compile(r"<!--\s*digitops-report:[^>]*?-->")
+MARKER_RE = re.compile(r"<!--\s*" + re.escape(REPORT_MARKER_PREFIX.removeprefix("<!--").strip()) + r"[^>]*?-->")
 
 # Markdown links and images: [text](target "title") / ![alt](target).
 _LINK_RE = re.compile(r"(?P<bang>!?)\[(?P<text>[^\]]*)\]\((?P<target>[^)\s]+)(?P<title>\s+\"[^\"]*\")?\)")
@@ -84,11 +89,11 @@ _HREF_RE = re.compile(r"(?P<attr>\b(?:href|src)=)(?P<quote>[\"'])(?P<target>[^\"
 _ABSOLUTE_RE = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*:|/|#)")
 
 
-class GitLabError(Exception):
+class GitLabError(PublishError):
     """GitLab could not be reached or refused a request."""
 
 
-class GitLabConfigError(GitLabError):
+class GitLabConfigError(GitLabError, ConfigError):
     """Required settings (environment variables) are missing; ``missing`` names them."""
 
     def __init__(self, missing: list[str], what: str = "publish to GitLab", hint: str = "") -> None:
@@ -167,7 +172,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> GitLabSettings:
     return GitLabSettings(
         max_wait=max_wait_from_env(env),
         server_url=env["CI_SERVER_URL"].strip().rstrip("/"),
-        token=env["GITLAB_TOKEN"].strip(),
+        token=(config.env("GITLAB_TOKEN", env) or "").strip(),
         project_id=env["CI_MERGE_REQUEST_PROJECT_ID"].strip(),
         mr_iid=int(iid),
         project_url=env["CI_PROJECT_URL"].strip().rstrip("/"),
@@ -176,8 +181,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> GitLabSettings:
 
 def max_wait_from_env(env: Mapping[str, str] | None = None) -> float:
     """``DIGITOPS_GITLAB_MAX_WAIT`` in seconds (default 120); :class:`GitLabConfigError` if not a number >= 0."""
-    env = os.environ if env is None else env
-    raw = env.get("DIGITOPS_GITLAB_MAX_WAIT", "").strip()
+    raw = (config.env("DIGITOPS_GITLAB_MAX_WAIT", env) or "").strip()
     if not raw:
         return DEFAULT_MAX_WAIT
     try:
@@ -193,8 +197,8 @@ def max_wait_from_env(env: Mapping[str, str] | None = None) -> float:
 
 
 def default_marker(model_name: str | None = None) -> str:
-    """The hidden marker of a model's report: ``<!-- digitops-report:<model_name> -->``."""
-    return f"<!-- digitops-report:{model_name or config.model_name()} -->"
+    """The hidden marker of a model's report: ``<!-- digitops-report:<model_name> -->`` (:func:`report.report_marker`)."""
+    return report_marker(model_name)
 
 
 def find_marker(markdown: str) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from digitops import atomic  # noqa: E402
 from digitops.quiet import native_stderr_silenced  # noqa: E402
 
 with native_stderr_silenced():  # keep TF's C++ start-up chatter out of output and notebooks
@@ -334,14 +335,10 @@ def save(model: keras.Model, path: str | os.PathLike) -> Path:
         raise ValueError(f"models are saved as .keras files, got {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Keras insists on the .keras suffix, so the partial name keeps it.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.keras")
-    try:
+    with atomic.replacing(path, tmp=path.with_name(f".{path.stem}.{os.getpid()}.partial.keras")) as tmp:
         model.save(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

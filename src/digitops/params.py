@@ -30,6 +30,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from digitops.errors import ParameterError  # re-exported
+
 
 @dataclass(frozen=True)
 class Declared:
@@ -42,10 +44,6 @@ class Declared:
     help: str
     #: the allowed values declared at the start of ``help``, None when free
     allowed: "Allowed | None" = None
-
-
-class ParameterError(ValueError):
-    """Parameters that do not match what the notebook declares."""
 
 
 #: ``-f`` files larger than this are refused unread (a parameter file is a few lines).

@@ -44,6 +44,7 @@ def run_pipeline(
     evaluate_params: dict[str, Any] | None = None,
     gate: Gate | None = None,
     metric: str = "test_accuracy",
+    model_name: str | None = None,
     register: bool = True,
     promote: bool = False,
     auto_promote: bool = True,
@@ -61,8 +62,16 @@ def run_pipeline(
     as production, so the first run on a laptop ends with a model to serve;
     CI's ``register`` job uses ``digitops registry register`` and never does this.
     A candidate that could not be judged (``comparison.judged`` false: Comet or the
-    registry unreadable) is never registered.
+    registry unreadable) is never registered. ``model_name`` defaults to ``$DIGITOPS_MODEL_NAME``.
+
+    The gate is checked against ``metric`` and the training parameters against the
+    notebook before any training starts (:class:`~digitops.errors.UsageError`).
     """
+    # Long: the stages in order, each timed; splitting it would scatter the one place that says what a pipeline does.
+    gate = gate or Gate.from_env()
+    gate.check(metric)
+    runner.check_parameters("train", train_params)
+    model_name = model_name or config.model_name()
     seconds: dict[str, float] = {}
 
     def timed(stage: str, fn: Callable[[], Any]) -> Any:
@@ -72,26 +81,33 @@ def run_pipeline(
         seconds[stage] = time.perf_counter() - started
         return out
 
-    trained = timed("train", lambda: runner.execute("train", train_params, progress=progress, log_output=log_output))
+    # The notebooks' trackers read the model name (Comet logs the model under it).
+    kernel_env = {"DIGITOPS_MODEL_NAME": model_name}
+    trained = timed(
+        "train",
+        lambda: runner.execute("train", train_params, progress=progress, log_output=log_output, kernel_env=kernel_env),
+    )
     run_id, folder = trained.run_id, trained.folder
     timed(
         "evaluate",
         lambda: runner.execute(
-            "evaluate", dict(evaluate_params or {}), run_id=run_id, progress=progress, log_output=log_output
+            "evaluate", dict(evaluate_params or {}), run_id=run_id, progress=progress, log_output=log_output,
+            kernel_env=kernel_env,
         ),
     )
     tracker, registry = get_tracker(), get_registry()
     comparison = timed(
         "compare",
         lambda: compare(
-            run_id, tracker=tracker, registry=registry, metric=metric, gate=gate or Gate.from_env(),
+            run_id, tracker=tracker, registry=registry, metric=metric, gate=gate, model_name=model_name,
             allow_unjudged=allow_unjudged,
         ),
     )
     report = timed(
         "report",
         lambda: write_report(
-            run_id, folder / "report", tracker=tracker, registry=registry, comparison=comparison, base_url=base_url
+            run_id, folder / "report", tracker=tracker, registry=registry, comparison=comparison, base_url=base_url,
+            model_name=model_name,
         ),
     )
     result = PipelineResult(run_id, folder, comparison, report, seconds=seconds)
@@ -100,23 +116,23 @@ def run_pipeline(
         result.version = timed(
             "register",
             lambda: registry.register(
-                config.model_name(),
+                model_name,
                 folder / "model.keras",
                 run_id,
                 metrics={k: metrics[k] for k in VERSION_METRICS if k in metrics},
                 status=STAGING,
             ),
         )
-        auto = auto_promote and not promote and _production_slot_empty(registry)
+        auto = auto_promote and not promote and _production_slot_empty(registry, model_name)
         if promote or auto:
-            result.version = registry.set_status(config.model_name(), result.version.version, PRODUCTION)
+            result.version = registry.set_status(model_name, result.version.version, PRODUCTION)
             result.promoted, result.auto_promoted = True, auto
             if auto:
                 echo(f"no production model yet: {result.version.version} promoted")
     return result
 
 
-def _production_slot_empty(registry: Registry) -> bool:
+def _production_slot_empty(registry: Registry, model_name: str) -> bool:
     """True only when the embedded registry has no production version.
 
     Comet's registry is shared by a team and, while Comet is unreachable,
@@ -125,4 +141,4 @@ def _production_slot_empty(registry: Registry) -> bool:
     """
     if not isinstance(registry, SqliteRegistry):
         return False
-    return registry.get_by_status(config.model_name(), PRODUCTION) is None
+    return registry.get_by_status(model_name, PRODUCTION) is None

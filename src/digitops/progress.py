@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
+from digitops import config
 from digitops.quiet import native_stderr_silenced
 
 with native_stderr_silenced():  # TF's C++ start-up lines (digitops.quiet)
@@ -15,7 +15,7 @@ with native_stderr_silenced():  # TF's C++ start-up lines (digitops.quiet)
 def _tqdm() -> Any:
     # Widgets render only in a live frontend; executed notebooks converted to
     # HTML need text bars, so the runner asks for them via the environment.
-    if os.environ.get("DIGITOPS_PROGRESS", "auto") == "text":
+    if config.env("DIGITOPS_PROGRESS") == "text":
         from tqdm.std import tqdm
     else:
         from tqdm.auto import tqdm

@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Iterator
 
+from digitops import config
+
 ENV_LOG_LEVEL = "DIGITOPS_LOG_LEVEL"
 #: Started kernels log only errors: hides ipykernel's "Kernel is running over TCP without encryption".
 KERNEL_QUIET_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
@@ -25,7 +27,7 @@ KERNEL_QUIET_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
 
 def verbose() -> bool:
     """True when ``$DIGITOPS_LOG_LEVEL`` is ``debug``: show every library's own logging."""
-    return os.environ.get(ENV_LOG_LEVEL, "").strip().lower() == "debug"
+    return (config.env(ENV_LOG_LEVEL) or "").strip().lower() == "debug"
 
 
 def set_verbose() -> None:

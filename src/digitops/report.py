@@ -15,6 +15,9 @@ passes the URL of the run folder in the job's artifacts); images can be
 replaced by whatever the publisher uploaded (``image_links``). The report
 only uses the run's recorded data, never the environment, and hides the
 values of parameters whose names look like credentials.
+
+Size (over 400 lines): the view both templates (Markdown and HTML) render, the report files, and the
+shortening of a note over GitLab's limit (which could become its own module).
 """
 
 from __future__ import annotations
@@ -82,9 +85,13 @@ def _md_code(text: str) -> str:
     return "`" + text.replace("`", "'").replace("\n", " ") + "`"
 
 
+def redacted(key: str, value: Any) -> Any:
+    """``value``, or ``(hidden)`` when ``key`` names a secret (token, password, API key...): the one redaction rule."""
+    return _REDACTED if _SECRET_KEY.search(key) else value
+
+
 def _shown_param(key: str, value: Any) -> str:
-    if _SECRET_KEY.search(key):
-        return _REDACTED
+    value = redacted(key, value)
     if isinstance(value, str):
         return value
     return json.dumps(value, sort_keys=True)
@@ -128,6 +135,7 @@ def _view(
     per_class: Mapping[str, Mapping[str, Any]] | None,
     generated_at: str | None,
 ) -> _View:
+    # Long: one flat mapping of everything both templates show; splitting it would split the view.
     c = comparison
     facts = [("run", run.run_id), ("project", run.project), ("model", c.model_name)]
     if run.git_commit:
@@ -266,54 +274,20 @@ def render_markdown(
         per_class=per_class,
         generated_at=generated_at,
     )
-    out: list[str] = [v.marker, f"### {v.headline}", ""]
-    out.append(" · ".join(f"{k} {_md_code(val)}" for k, val in v.facts))
-    out.append("")
-    out.append(
-        f"| Metric | Candidate | {v.mean_header} | Δ vs mean | Project best | Δ vs best "
-        f"| {_md_cell(v.production_header)} | Δ vs production |"
-    )
-    out.append("| :-- | --: | --: | --: | --: | --: | --: | --: |")
-    for r in v.rows:
-        name = f"**{_md_cell(r['metric'])}**" if r["gate"] else _md_cell(r["metric"])
-        out.append(
-            f"| {name} | {r['candidate']} | {r['mean']} | {r['delta_mean']} | {r['best']} "
-            f"| {r['delta_best']} | {r['production']} | {r['delta_production']} |"
-        )
-    out += ["", f"**Gate:** {_md_cell(v.gate)}", ""]
-    out += [f"- {_md_cell(reason)}" for reason in v.reasons]
-    out.append("")
+    return _render_markdown_template(v)
 
-    for name in ("curves.png", "confusion.png"):
-        out += [f"#### {IMAGES[name]}", ""]
-        out.append(_md_image(name, v.images[name]))
-        out.append("")
 
-    if v.param_diff is None:
-        out += [f"_{_md_cell(v.param_diff_note)}_", ""]
-    elif v.param_diff:
-        out += _details(
-            f"{v.param_diff_note}: {len(v.param_diff)}",
-            ["| Parameter | Candidate | Production |", "| :-- | :-- | :-- |"]
-            + [f"| {_md_cell(k)} | {_md_cell(a)} | {_md_cell(b)} |" for k, a, b in v.param_diff],
-        )
-    else:
-        out += [f"_{_md_cell(v.param_diff_note)}_", ""]
-    out += _details(
-        f"All parameters ({len(v.params)})",
-        ["| Parameter | Value |", "| :-- | :-- |"] + [f"| {_md_cell(k)} | {_md_cell(val)} |" for k, val in v.params],
+def _render_markdown_template(v: Any) -> str:
+    """``templates/report.md.j2`` filled with the view (the same view the HTML template gets)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("digitops", "templates"), autoescape=False, undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
     )
-    if v.per_class:
-        out += _details(
-            "Per-class precision and recall",
-            ["| Digit | Precision | Recall | Support |", "| :-- | --: | --: | --: |"]
-            + [f"| {d} | {p} | {r} | {s} |" for d, p, r, s in v.per_class],
-        )
-    out += _details(IMAGES["mistakes.png"], [_md_image("mistakes.png", v.images["mistakes.png"])])
-    if v.links:
-        out += ["**Links:** " + " · ".join(f"[{_md_cell(t)}]({url})" for t, url in v.links), ""]
-    out.append(f"<sub>{_md_cell(v.footer)}</sub>")
-    return "\n".join(out) + "\n"
+    env.filters.update(cell=_md_cell, code=_md_code, image=_md_image,
+                       summary=lambda text: html.escape(str(text), quote=False))
+    return env.get_template("report.md.j2").render(v=v, image_titles=IMAGES)
 
 
 def _md_image(name: str, target: str | None) -> str:
@@ -322,11 +296,6 @@ def _md_image(name: str, target: str | None) -> str:
     if target.startswith("!["):
         return target
     return f"![{IMAGES[name].lower()}]({target})"
-
-
-def _details(summary: str, body: list[str]) -> list[str]:
-    # GitLab needs the blank lines around the body to render Markdown inside <details>.
-    return ["<details>", f"<summary>{html.escape(summary, quote=False)}</summary>", "", *body, "", "</details>", ""]
 
 
 def _data_uri(path: Path) -> str | None:
@@ -399,6 +368,7 @@ def write_report(
     are relative to ``out_dir``, or absolute under ``base_url`` (the URL of
     the run folder, as CI passes it).
     """
+    # Long: gathers images, links and per-class numbers once for the three renderings.
     if tracker is None:
         from digitops.tracking import get_tracker
 
@@ -449,9 +419,7 @@ def write_report(
     paths["html"].write_text(page, encoding="utf-8")
     data = comparison.to_dict()
     if data.get("production_params"):
-        data["production_params"] = {
-            k: (_REDACTED if _SECRET_KEY.search(k) else v) for k, v in data["production_params"].items()
-        }
+        data["production_params"] = {k: redacted(k, v) for k, v in data["production_params"].items()}
     paths["json"].write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     return paths
 

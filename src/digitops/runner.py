@@ -19,9 +19,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
-from digitops import config, params as params_mod, quiet, runs
+from digitops import atomic, config, params as params_mod, quiet, runs
+from digitops.errors import EXIT_FAILED, EXIT_SIGNAL_BASE, NotebookFailed
 
 STAGES = ("train", "evaluate")
 #: Parameters only the runner sets; users choose them through CLI arguments.
@@ -96,12 +97,19 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
 
 
-class StageFailed(RuntimeError):
-    """A notebook raised; its executed copy and HTML are still written."""
+class StageFailed(NotebookFailed, RuntimeError):
+    """A notebook raised (or a signal stopped it); its executed copy and HTML are still written."""
 
     def __init__(self, result: "StageResult") -> None:
         self.result = result
         super().__init__(result.error or "notebook failed")
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        """1 for a failed notebook, 128 + N when signal N stopped it."""
+        if self.result.interrupted:
+            return EXIT_SIGNAL_BASE + int(signal.Signals[self.result.interrupted])
+        return EXIT_FAILED
 
 
 @dataclass
@@ -125,8 +133,8 @@ class StageResult:
 
 def notebooks_dir() -> Path:
     """``$DIGITOPS_NOTEBOOKS``, else ``./notebooks``, else the checkout this package lives in."""
-    if os.environ.get("DIGITOPS_NOTEBOOKS"):
-        return Path(os.environ["DIGITOPS_NOTEBOOKS"])
+    if config.env("DIGITOPS_NOTEBOOKS"):
+        return Path(config.env("DIGITOPS_NOTEBOOKS") or "")
     here = Path("notebooks")
     if (here / "train.ipynb").is_file():
         return here
@@ -149,11 +157,14 @@ def check_parameters(stage: str, parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _kernel_environment() -> Iterator[None]:
+def _kernel_environment(extra: Mapping[str, str] | None = None) -> Iterator[None]:
     # The kernel inherits this process' environment: give it text progress bars
     # (HTML can't show widgets) and this interpreter first on PATH, so the
     # "python3" kernelspec starts the Python that has digitops installed.
-    saved = {k: os.environ.get(k) for k in ("DIGITOPS_PROGRESS", "PATH", "PYDEVD_DISABLE_FILE_VALIDATION")}
+    # ``extra`` (e.g. DIGITOPS_MODEL_NAME from `pipeline --model-name`) is for the kernel only.
+    extra = dict(extra or {})
+    saved = {k: os.environ.get(k) for k in ("DIGITOPS_PROGRESS", "PATH", "PYDEVD_DISABLE_FILE_VALIDATION", *extra)}
+    os.environ.update(extra)
     os.environ["DIGITOPS_PROGRESS"] = "text"
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
@@ -176,12 +187,7 @@ def to_html(notebook: Path) -> Path:
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     html = notebook.with_suffix(".html")
     # Beside it, then renamed: a full disk or a kill never leaves half a page under the real name.
-    tmp = html.with_name(f".{html.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(body, encoding="utf-8")
-        os.replace(tmp, html)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(html, body)
     return html
 
 
@@ -193,13 +199,15 @@ def execute(
     progress: bool = True,
     log_output: bool = False,
     timeout: int | None = None,
+    kernel_env: Mapping[str, str] | None = None,
 ) -> StageResult:
     """Validate, execute ``notebooks/<stage>.ipynb`` into ``runs/<run_id>/`` and render HTML.
 
     Raises :class:`~digitops.params.ParameterError` before starting a kernel
     when parameters are wrong, and :class:`StageFailed` (carrying the result)
-    when the notebook raised.
+    when the notebook raised. ``kernel_env`` adds environment variables for the kernel only.
     """
+    # Long: start run, execute, render HTML and close the run share one try/finally so a run always ends.
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -226,7 +234,7 @@ def execute(
     status = "failed"
     try:
         try:
-            with _kernel_environment(), signals_raise():
+            with _kernel_environment(kernel_env), signals_raise():
                 papermill.execute_notebook(
                     str(source),
                     str(output),

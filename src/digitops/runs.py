@@ -17,17 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digitops import config
+from digitops import atomic, config
+from digitops.errors import NotFound, TrackingError, UsageError
 
 METRICS_FILE = "metrics.json"
 #: a run id names a folder and appears in URLs: letters, digits, '.', '_', '-', not starting with '.'
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+class BadRunId(UsageError, ValueError):
+    """A run id that could escape the runs folder or break a file name."""
+
+
 def check_run_id(run_id: str) -> str:
-    """``run_id`` unchanged, or ``ValueError`` naming the rule it breaks."""
+    """``run_id`` unchanged, or :class:`BadRunId` (a ``ValueError``) naming the rule it breaks."""
     if not RUN_ID_RE.match(run_id or ""):
-        raise ValueError(
+        raise BadRunId(
             f"invalid run id {run_id!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return run_id
@@ -99,12 +104,8 @@ def update_metrics(folder: str | os.PathLike, **sections: Any) -> dict[str, Any]
         else:
             content[key] = value
     # One temporary name per process (the runner and its kernel both write here); removed on failure.
-    tmp = folder / f".{METRICS_FILE}.{os.getpid()}.tmp"
-    try:
+    with atomic.replacing(folder / METRICS_FILE, tmp=folder / f".{METRICS_FILE}.{os.getpid()}.tmp") as tmp:
         tmp.write_text(json.dumps(content, indent=2, sort_keys=True, default=float))
-        os.replace(tmp, folder / METRICS_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
     return content
 
 
@@ -205,13 +206,13 @@ def reap_abandoned(tracker: Any) -> list[str]:
 def mark_failed(tracker: Any, run_id: str) -> str:
     """Close a ``running`` or ``abandoned`` run as ``failed``; returns the status it had.
 
-    Raises ``ValueError`` for a run that already finished or failed.
+    Raises :class:`TrackingError` for a run that already finished or failed.
     """
     from digitops.tracking import ABANDONED, FAILED, RUNNING
 
     status = tracker.get_run(run_id).status
     if status not in (RUNNING, ABANDONED):
-        raise ValueError(f"run {run_id} is {status}, not running or abandoned; nothing to mark")
+        raise TrackingError(f"run {run_id} is {status}, not running or abandoned; nothing to mark")
     tracker.end_run(run_id, FAILED)
     _set_open_stages(run_id, FAILED)
     return status
@@ -244,13 +245,22 @@ def resolve_model(run_id: str = "", model_path: str = "", output_dir: str = "") 
     else:
         candidates = sorted(config.runs_dir().glob("*/model.keras"), key=lambda p: p.parent.name)
         if not candidates:
-            raise FileNotFoundError(
+            raise NotFound(
                 f"no trained model found under {config.runs_dir()}/; run notebooks/train.ipynb "
                 "(or `digitops run train`) first, or pass run_id / model_path"
             )
         model_file = candidates[-1]
         run_id = model_file.parent.name
     if not model_file.is_file():
-        raise FileNotFoundError(f"no model file at {model_file}")
+        raise NotFound(f"no model file at {model_file}")
     folder = Path(output_dir) if output_dir else run_dir(run_id)
     return run_id, folder, model_file
+
+
+def write_dotenv(path: Path, run_id: str, stage: str) -> None:
+    """Record the run id (and the CI job that made it) for later jobs."""
+    lines = [f"RUN_ID={run_id}"]
+    if os.environ.get("CI_JOB_ID"):
+        lines.append(f"{stage.upper()}_JOB_ID={os.environ['CI_JOB_ID']}")
+    with path.open("a") as fh:
+        fh.write("\n".join(lines) + "\n")

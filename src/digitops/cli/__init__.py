@@ -8,9 +8,47 @@ import sys
 import click
 
 from digitops import __version__
+from digitops.errors import EXIT_ERROR, DigitopsError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class DigitopsGroup(click.Group):
+    """The ``digitops`` group: the one place where errors become output and exit codes.
+
+    A :class:`~digitops.errors.DigitopsError` from any subcommand prints
+    ``Error: <message>`` on stderr (no traceback) and exits with the class's
+    ``exit_code`` (see :mod:`digitops.errors`); a file-system error on our
+    folders prints one line naming the path and exits 2.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except DigitopsError as exc:
+            for line in describe_error(exc):
+                click.secho(line, fg="red", err=True) if line.startswith("Error") else click.echo(line, err=True)
+            ctx.exit(exc.exit_code)
+        except OSError as exc:
+            click.secho(f"Error: {describe_os_error(exc)}", fg="red", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+def describe_error(exc: DigitopsError) -> list[str]:
+    """The lines shown for ``exc``: ``Error: <message>``, or what a failed notebook left behind."""
+    from digitops.runner import StageFailed
+
+    if not isinstance(exc, StageFailed):
+        return [f"Error: {exc}"]
+    res = exc.result
+    if res.interrupted:
+        html = f"; HTML of what ran: {res.html}" if res.html else ""
+        return [f"Error: {res.stage} interrupted ({res.interrupted}): run {res.run_id} marked failed{html}"]
+    lines = [f"Error: {res.stage} notebook failed at {res.error}", f"  executed notebook: {res.notebook}"]
+    if res.html:
+        lines.append(f"  HTML (shows the failing cell): {res.html}")
+    return lines
+
+
+@click.group(cls=DigitopsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="digitops")
 @click.option(
     "--offline", is_flag=True, envvar="DIGITOPS_COMET_OFFLINE",
@@ -43,9 +81,11 @@ def cli(offline: bool, verbose: bool) -> None:
         comet_env.force_offline()
 
 
-#: Modules under digitops.cli, one per area, each exposing ``COMMANDS``.
-COMMAND_MODULES = ("run", "pipeline", "tracking", "registry", "publish", "comet", "dashboard", "doctor",
-                   "feedback")
+#: Modules under digitops.cli, one per command (group) and named after it, each exposing ``COMMANDS``.
+COMMAND_MODULES = (
+    "data", "params", "run", "pipeline", "runs", "compare", "report", "registry", "publish", "sync", "comet",
+    "dashboard", "doctor", "feedback",
+)
 
 
 def _add_commands() -> None:
@@ -76,10 +116,5 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def main() -> None:
-    """Console entry point: click's errors as usual; a file-system error as one line (exit 1)."""
-    try:
-        code = cli.main(standalone_mode=True)
-    except OSError as exc:
-        click.echo(f"Error: {describe_os_error(exc)}", err=True)
-        code = 1
-    sys.exit(code)
+    """Console entry point (errors and exit codes: :class:`DigitopsGroup`)."""
+    sys.exit(cli.main(standalone_mode=True))

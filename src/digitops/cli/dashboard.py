@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from digitops.errors import NotFound, RegistryError
+
 
 @click.command("dashboard")
 @click.option("--port", type=click.IntRange(1, 65535), default=8866, show_default=True, help="Port to listen on.")
@@ -59,8 +61,8 @@ def dashboard(
         try:
             version = loader.resolve()
             path = loader.fetch(version)
-        except (loader.NoModelError, loader.ChecksumError) as exc:
-            raise click.ClickException(str(exc)) from None
+        except loader.NoModelError as exc:
+            raise RegistryError(str(exc)) from None
         click.echo(f"cached {version.name} {version.version} ({version.status}) at {path}")
         return
 
@@ -73,7 +75,7 @@ def dashboard(
     try:
         nb = notebook.resolve() if notebook else notebook_path()
     except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise NotFound(str(exc)) from None
     root = Path.cwd()
     args = server.voila_command(
         nb, port=port, host=host, preheat=preheat, open_browser=open_browser,
@@ -83,10 +85,7 @@ def dashboard(
     if dry_run:
         click.echo(shlex.join(args))
         return
-    try:
-        click.echo(server.prefetch())
-    except loader.ChecksumError as exc:
-        raise click.ClickException(str(exc)) from None
+    click.echo(server.prefetch())  # a ChecksumError is a DigitopsError: exit 2, one line
     click.echo(f"dashboard: http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/  (Ctrl-C stops)")
     # Replace this process so signals (Ctrl-C, a container's SIGTERM) reach Voila directly.
     os.execve(args[0], args, env)

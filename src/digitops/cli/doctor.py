@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from digitops.errors import EXIT_FAILED, StoreError
+
 
 @click.command("doctor")
 @click.option("--repair", is_flag=True,
@@ -14,7 +16,7 @@ def doctor_cmd(repair: bool, rebuild_registry: bool) -> None:
     """Run SQLite's integrity check on both stores and check registered model files.
 
     \b
-    Exit status: 0 healthy (or repaired), 1 problems remain.
+    Exit status: 0 healthy (or repaired), 1 problems remain, 2 the repair failed.
     Nothing is deleted: a rebuilt store's old file is renamed *.corrupt-<UTC time>.
     """
     from filelock import Timeout
@@ -28,13 +30,13 @@ def doctor_cmd(repair: bool, rebuild_registry: bool) -> None:
             for summary in doctor.repair(rebuild_index=rebuild_registry):
                 click.echo(summary)
         except (OSError, TrackingError, RegistryError, Timeout) as exc:
-            raise click.ClickException(f"repair failed: {exc}") from exc
+            raise StoreError(f"repair failed: {exc}") from exc
     findings = doctor.check()
     for finding in findings:
         click.echo(finding.line())
     if not all(f.ok for f in findings):
         click.echo("repair with `digitops doctor --repair`", err=True)
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILED)
 
 
 COMMANDS = [doctor_cmd]

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from digitops.cli.run import collect_parameters, param_options, stopped
-from digitops.cli.tracking import _gate, _tracker, exit_if_unjudged, gate_options, reap
-
-EXIT_GATE_FAILED, EXIT_ERROR, EXIT_NOTEBOOK_FAILED = 1, 2, 3
+from digitops.cli.compare import exit_if_unjudged, gate_options
+from digitops.cli.run import collect_parameters, param_options
+from digitops.cli.runs import reap, tracker
+from digitops.compare import Gate
+from digitops.errors import EXIT_FAILED
 
 
 @click.command("pipeline")
@@ -40,41 +41,22 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
     when the gate passes.
 
     \b
-    Exit codes: 0 gate passed (and registered), 1 gate failed,
-                2 bad parameters, other error, or cannot judge (Comet or the
-                  registry unreadable; nothing registered; see --allow-unjudged),
-                3 a notebook failed.
+    Exit codes: 0 gate passed (and registered), 1 gate failed or a notebook failed,
+                2 bad parameters or gate options (checked before training),
+                  another error, or cannot judge (Comet or the registry
+                  unreadable; nothing registered; see --allow-unjudged),
+                128+N stopped by signal N (the run is marked failed).
     """
-    import os
-
-    from digitops import params as params_mod, runner
     from digitops.pipeline import run_pipeline
-    from digitops.registry import RegistryError
-    from digitops.tracking import TrackingError
 
-    if model_name:
-        os.environ["DIGITOPS_MODEL_NAME"] = model_name
     parameters = collect_parameters(profile, files, pairs)
-    gate = _gate(floor, tolerance, lower_is_better)
-    reap(_tracker())
-    try:
-        result = run_pipeline(
-            parameters, gate=gate, metric=metric, register=not no_register, promote=promote,
-            auto_promote=not no_auto_promote, base_url=base_url, log_output=log_output,
-            echo=lambda m: click.secho(m, bold=True), allow_unjudged=allow_unjudged,
-        )
-    except params_mod.ParameterError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except (TrackingError, RegistryError) as exc:
-        click.secho(f"Error: {exc}", fg="red", err=True)
-        raise SystemExit(EXIT_ERROR) from exc
-    except runner.StageFailed as exc:
-        res = exc.result
-        if res.interrupted:
-            stopped(res.stage, res)
-        click.secho(f"{res.stage} notebook failed at {res.error}", fg="red", err=True)
-        click.echo(f"  HTML (shows the failing cell): {res.html}", err=True)
-        raise SystemExit(EXIT_NOTEBOOK_FAILED) from exc
+    gate = Gate.from_options(metric, floor=floor, tolerance=tolerance, lower_is_better=lower_is_better)
+    reap(tracker())
+    result = run_pipeline(
+        parameters, gate=gate, metric=metric, model_name=model_name, register=not no_register, promote=promote,
+        auto_promote=not no_auto_promote, base_url=base_url, log_output=log_output,
+        echo=lambda m: click.secho(m, bold=True), allow_unjudged=allow_unjudged,
+    )
 
     c = result.comparison
     click.echo("")
@@ -94,7 +76,7 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
     click.echo(f"Stages: {timings}")
     exit_if_unjudged(c)
     if not c.passed:
-        raise SystemExit(EXIT_GATE_FAILED)
+        raise SystemExit(EXIT_FAILED)
 
 
 COMMANDS = [pipeline_cmd]

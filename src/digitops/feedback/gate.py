@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from digitops.compare import Reason
 from digitops.feedback import FeedbackError, gate_settings
 
 _EPS = 1e-9
@@ -23,34 +24,31 @@ def _num(metrics: Mapping[str, Any], key: str) -> float | None:
         return None
 
 
-def judge(metrics: Mapping[str, Any], verdict: str, reasons: list[str]) -> tuple[str, list[str]]:
-    """``verdict`` ("pass"/"fail") and ``reasons`` with the field rule applied."""
+def judge(metrics: Mapping[str, Any], verdict: str, findings: list[Reason]) -> tuple[str, list[Reason]]:
+    """``verdict`` ("pass"/"fail") and ``findings`` with the field rule applied (failures first)."""
     n = _num(metrics, "field_images")
     if n is None:
-        return verdict, reasons
-    reasons = list(reasons)
+        return verdict, findings
+    findings = list(findings)
     try:
         s = gate_settings()
     except FeedbackError as exc:
-        return "fail", [f"Field drawings: the gate's settings are malformed ({exc}), so it refuses."] + reasons
+        return "fail", [Reason("field-malformed", False, {"problem": str(exc)})] + findings
     cand, prod = _num(metrics, "field_accuracy"), _num(metrics, "field_production_accuracy")
+    facts = {"count": int(n), "candidate": cand, "production": prod, "tolerance": s.tolerance, "minimum": s.minimum}
     if n < s.minimum:
-        reasons.append(f"Field drawings: {int(n)} in the test set, fewer than {s.minimum} "
-                       f"(DIGITOPS_GATE_FIELD_MIN), so they inform but do not gate.")
+        findings.append(Reason("field-too-few", True, facts))
     elif (_num(metrics, "field_production_missing") or 0) > 0:
         verdict = "fail"
-        reasons.insert(0, "Field drawings: production exists but could not be scored on them, so the candidate "
-                       "does not pass (see the evaluation notebook).")
+        findings.insert(0, Reason("field-production-unscored", False, facts))
     elif prod is None or cand is None:
-        reasons.append(f"Field drawings: no production model to compare with on {int(n)} drawings.")
+        findings.append(Reason("field-no-production", True, facts))
     elif cand + s.tolerance + _EPS < prod:
         verdict = "fail"
-        reasons.insert(0, f"Field drawings: candidate {cand:.2%} is worse than production {prod:.2%} on {int(n)} "
-                       f"drawings by more than the tolerance {s.tolerance:.2%}.")
+        findings.insert(0, Reason("field-worse", False, facts))
     else:
-        reasons.append(f"Field drawings: candidate {cand:.2%} vs production {prod:.2%} on {int(n)} drawings "
-                       f"(tolerance {s.tolerance:.2%}): not worse.")
-    return verdict, reasons
+        findings.append(Reason("field-not-worse", True, facts))
+    return verdict, findings
 
 
 def report_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from digitops import params
 
@@ -26,3 +26,15 @@ def path(name: str) -> Path:
 def load(name: str) -> dict[str, Any]:
     """The parameters of profile ``name``."""
     return params.load_file(path(name))
+
+
+def collect(profile: str | None, files: Iterable[Path], pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Merge a profile, then parameter files in order, then ``NAME VALUE`` pairs read as YAML (later wins)."""
+    merged: dict[str, Any] = {}
+    if profile:
+        merged.update(load(profile))
+    for file in files:
+        merged.update(params.load_file(file))
+    for name, raw in pairs:
+        merged[name] = params.parse_cli_value(raw)
+    return merged

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-NONE, STAGING, PRODUCTION, ARCHIVED = "none", "staging", "production", "archived"
-STATUSES = (NONE, STAGING, PRODUCTION, ARCHIVED)
+from digitops.errors import RegistryError, UsageError  # RegistryError re-exported
+
+from digitops.registry.versions import ARCHIVED, NONE, PRODUCTION, STAGING, STATUSES  # noqa: F401  re-exported
 
 
 @dataclass
@@ -39,10 +40,6 @@ class ModelVersion:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class RegistryError(Exception):
-    """Unknown model or version, bad status, or a failed verification."""
 
 
 class Registry(abc.ABC):
@@ -68,6 +65,31 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def get_version(self, name: str, version: str) -> ModelVersion:
         """One version, or :class:`RegistryError`."""
+
+    @staticmethod
+    def verify(version: ModelVersion, path: Path, what: str) -> None:
+        """Raise :class:`RegistryError` unless ``path`` (``what``, for the message) has the SHA256 registered."""
+        got = sha256_file(path)
+        if got != version.sha256:
+            raise RegistryError(
+                f"{version.name} {version.version}: {what} has sha256 {got}, registered sha256 is {version.sha256}; "
+                "refusing a corrupted model"
+            )
+
+    def resolve(self, name: str, version: str | None = None, status: str | None = None) -> ModelVersion:
+        """``version`` if given, else the newest version with ``status`` (production by default).
+
+        Raises :class:`~digitops.errors.UsageError` for both at once and
+        :class:`RegistryError` when no version has the status.
+        """
+        if version and status:
+            raise UsageError("give a version or a status, not both")
+        if version:
+            return self.get_version(name, version)
+        found = self.get_by_status(name, status or PRODUCTION)
+        if found is None:
+            raise RegistryError(f"{name} has no version with status {status or PRODUCTION!r}")
+        return found
 
     @abc.abstractmethod
     def get_by_status(self, name: str, status: str = PRODUCTION) -> ModelVersion | None:

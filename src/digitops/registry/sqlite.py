@@ -24,14 +24,15 @@ At most one version per model is ``production`` (a partial unique index
 enforces it). Each promotion is recorded with the version it replaced;
 :meth:`SqliteRegistry.rollback` undoes the latest promotion that is still in
 effect, so repeated rollbacks walk back through earlier production versions.
+
+Size (over 400 lines): schema, registration with its race-free numbering, promotions and rollback
+history, the sidecar files that rebuild a lost index, and verified downloads of one store.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -39,22 +40,20 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from digitops import _sqlite, config
+from digitops import _sqlite, atomic, config
 from digitops.registry.base import (
     ARCHIVED,
     NONE,
     PRODUCTION,
     STAGING,
-    STATUSES,
     ModelVersion,
     Registry,
     RegistryError,
-    looks_like_keras,
     sha256_file,
 )
+from digitops.registry.versions import check_new_version, check_status, current_user, next_version
 
 SCHEMA_VERSION = 1
-BUMPS = ("major", "minor", "patch")
 MODEL_FILE = "model.keras"
 #: beside each registered file: the version's record, for rebuilding a lost index
 SIDECAR = "version.json"
@@ -95,8 +94,6 @@ CREATE TABLE promotions (
 CREATE INDEX promotions_by_name ON promotions (name, version);
 """
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 
 
 def _migrate(con: sqlite3.Connection, from_version: int) -> None:
@@ -104,48 +101,8 @@ def _migrate(con: sqlite3.Connection, from_version: int) -> None:
         _sqlite.run_script(con, _SCHEMA_V1)
 
 
-def current_user() -> str:
-    """Who registers: ``$GITLAB_USER_LOGIN`` in CI, else the OS user."""
-    login = os.environ.get("GITLAB_USER_LOGIN")
-    if login:
-        return login
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        return "unknown"
-
-
-def next_version(latest: tuple[int, int, int] | None, bump: str = "minor") -> tuple[int, int, int]:
-    """The version after ``latest`` (``None``: nothing registered yet, counts as 0.0.0)."""
-    major, minor, patch = latest or (0, 0, 0)
-    if bump == "major":
-        return (major + 1, 0, 0)
-    if bump == "minor":
-        return (major, minor + 1, 0)
-    if bump == "patch":
-        return (major, minor, patch + 1)
-    raise RegistryError(f"unknown bump {bump!r}; choose one of: {', '.join(BUMPS)}")
-
-
-def _check_name(name: str) -> None:
-    if not _NAME_RE.match(name or ""):
-        raise RegistryError(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (it names a folder)"
-        )
-
-
-def _check_status(status: str) -> None:
-    if status not in STATUSES:
-        raise RegistryError(f"unknown status {status!r}; choose one of: {', '.join(STATUSES)}")
-
-
 def _write_json(path: Path, content: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(json.dumps(content, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_json(path, content, indent=2, sort_keys=True)
 
 
 def _row_to_version(row: sqlite3.Row) -> ModelVersion:
@@ -216,18 +173,18 @@ class SqliteRegistry(Registry):
     def __repr__(self) -> str:
         return f"SqliteRegistry(db_path={str(self.db_path)!r})"
 
+    def _errors(self) -> Any:
+        """A ``sqlite3.Error`` in the block becomes a :class:`RegistryError` naming this store."""
+        return _sqlite.translated("registry", self.db_path, RegistryError)
+
     def _connect(self) -> sqlite3.Connection:
-        try:
+        with self._errors():
             return _sqlite.connect(self.db_path)
-        except sqlite3.Error as exc:
-            raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
         with closing(self._connect()) as con:
-            try:
+            with self._errors():
                 return con.execute(sql, args).fetchall()
-            except sqlite3.Error as exc:
-                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
 
     # -- register -----------------------------------------------------------------
 
@@ -245,22 +202,8 @@ class SqliteRegistry(Registry):
 
         ``status`` may be ``production`` to register and promote in one step.
         """
-        _check_name(name)
-        _check_status(status)
-        if status == ARCHIVED:
-            raise RegistryError("a new version cannot start archived; register it, then archive it")
-        if bump not in BUMPS:
-            raise RegistryError(f"unknown bump {bump!r}; choose one of: {', '.join(BUMPS)}")
-        src = Path(model_path)
-        if not src.is_file():
-            raise RegistryError(f"cannot register {src}: no such file")
-        if src.suffix != ".keras":
-            raise RegistryError(f"cannot register {src}: models are registered as .keras files")
-        if not looks_like_keras(src):
-            raise RegistryError(
-                f"cannot register {src}: not a Keras 3 model file (a zip with config.json); "
-                "save it with digitops.model.save"
-            )
+        # Long: copy, verify, number and insert must happen in this order under one lock to stay race-free.
+        src = check_new_version(name, model_path, status, bump)
         metrics_json = json.dumps({str(k): float(v) for k, v in (metrics or {}).items()}, sort_keys=True)
 
         # Copy (slow, outside the lock) into the model's folder, then verify the copy.
@@ -280,7 +223,7 @@ class SqliteRegistry(Registry):
             size = tmp.stat().st_size
             user, now = current_user(), _sqlite.utc_now()
             with closing(self._connect()) as con:
-                try:
+                with self._errors():
                     with _sqlite.transaction(con):
                         row = con.execute(
                             "SELECT major, minor, patch FROM versions WHERE name = ?"
@@ -324,8 +267,6 @@ class SqliteRegistry(Registry):
                                 f"registry index {self.db_path} has lost versions; run "
                                 "`digitops doctor --rebuild-registry` (nothing was overwritten)"
                             ) from None
-                except sqlite3.Error as exc:
-                    raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
         finally:
             tmp.unlink(missing_ok=True)
         self.write_sidecars(name)
@@ -340,10 +281,6 @@ class SqliteRegistry(Registry):
         )
         return [_row_to_version(r) for r in rows]
 
-    def list_models(self) -> list[str]:
-        """Names of all registered models."""
-        return [r["name"] for r in self._query("SELECT DISTINCT name FROM versions ORDER BY name", ())]
-
     def get_version(self, name: str, version: str) -> ModelVersion:
         """One version, or :class:`RegistryError` naming the known ones."""
         rows = self._query("SELECT * FROM versions WHERE name = ? AND version = ?", (name, version))
@@ -356,7 +293,7 @@ class SqliteRegistry(Registry):
 
     def get_by_status(self, name: str, status: str = PRODUCTION) -> ModelVersion | None:
         """The newest version with ``status`` (the only one, for production), or None."""
-        _check_status(status)
+        check_status(status)
         rows = self._query(
             "SELECT * FROM versions WHERE name = ? AND status = ?"
             " ORDER BY major DESC, minor DESC, patch DESC LIMIT 1",
@@ -396,8 +333,8 @@ class SqliteRegistry(Registry):
 
     def set_status(self, name: str, version: str, status: str) -> ModelVersion:
         """Set a version's status; setting production archives the previous production."""
-        _check_status(status)
-        with closing(self._connect()) as con:
+        check_status(status)
+        with closing(self._connect()) as con, self._errors():
             try:
                 with _sqlite.transaction(con):
                     if (
@@ -416,8 +353,6 @@ class SqliteRegistry(Registry):
                         )
             except LookupError:
                 return self.get_version(name, version)  # raises, naming the known versions
-            except sqlite3.Error as exc:
-                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
         self.write_sidecars(name)
         return self.get_version(name, version)
 
@@ -427,7 +362,7 @@ class SqliteRegistry(Registry):
         The current one becomes ``archived``. Repeating walks further back.
         """
         with closing(self._connect()) as con:
-            try:
+            with self._errors():
                 with _sqlite.transaction(con):
                     cur = con.execute(
                         "SELECT version FROM versions WHERE name = ? AND status = ?", (name, PRODUCTION)
@@ -463,8 +398,6 @@ class SqliteRegistry(Registry):
                         " VALUES (?, ?, ?, 'rollback', ?, ?)",
                         (name, target, current, _sqlite.utc_now(), current_user()),
                     )
-            except sqlite3.Error as exc:
-                raise RegistryError(_sqlite.problem("registry", self.db_path, exc)) from exc
         self.write_sidecars(name)
         return self.get_version(name, target)
 
@@ -493,30 +426,14 @@ class SqliteRegistry(Registry):
         stored = Path(mv.uri)
         if not stored.is_file():
             raise RegistryError(f"{name} {mv.version}: the registered file {stored} is missing")
-        before = sha256_file(stored)
-        if before != mv.sha256:
-            raise RegistryError(
-                f"{name} {mv.version}: stored file {stored} has sha256 {before}, "
-                f"registered sha256 is {mv.sha256}; refusing to download a corrupted model"
-            )
+        self.verify(mv, stored, f"stored file {stored}")
         target = Path(dest)
         if target.is_file() and target.suffix != ".keras":
             raise RegistryError(f"cannot download to {target}: it is a file, not a folder or a .keras path")
         if target.suffix != ".keras" or target.is_dir():
             target = target / MODEL_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic.replacing(target) as tmp:
             shutil.copyfile(stored, tmp)
-            after = sha256_file(tmp)
-            if after != mv.sha256:
-                raise RegistryError(
-                    f"{name} {mv.version}: downloaded copy has sha256 {after}, "
-                    f"registered sha256 is {mv.sha256}"
-                )
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+            self.verify(mv, tmp, "downloaded copy")
         return target

@@ -31,7 +31,7 @@ def get_tracker() -> Tracker:
     from digitops import config
 
     if config.comet_enabled():
-        from digitops.tracking.comet import CometTracker
+        from digitops.comet.tracker import CometTracker
 
         return CometTracker()
     from digitops.tracking.sqlite import SqliteTracker

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from digitops.errors import TrackingError  # re-exported
+
 RUNNING, FINISHED, FAILED = "running", "finished", "failed"
 #: a run left ``running`` by a process that is gone (killed, machine crashed)
 ABANDONED = "abandoned"
@@ -56,9 +58,18 @@ class MetricSummary:
     best_run_id: str | None
     worst: float | None
 
-
-class TrackingError(Exception):
-    """A tracking operation failed (unknown run, bad status, storage error)."""
+    @classmethod
+    def assemble(
+        cls, metric: str, *, count: int, mean: float | None, hi: float | None, lo: float | None,
+        best_run_id: str | None, higher_is_better: bool = True,
+    ) -> "MetricSummary":
+        """The summary every backend returns: best/worst from ``hi``/``lo`` by direction; empty when ``count`` is 0."""
+        if not count:
+            return cls(metric=metric, count=0, mean=None, best=None, best_run_id=None, worst=None)
+        return cls(
+            metric=metric, count=count, mean=mean, best=hi if higher_is_better else lo, best_run_id=best_run_id,
+            worst=lo if higher_is_better else hi,
+        )
 
 
 class Tracker(abc.ABC):

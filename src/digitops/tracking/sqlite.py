@@ -12,6 +12,9 @@ the database as it was before that call.
 
 Final metrics are stored with ``step`` NULL, per-epoch history with its step;
 NaN values are stored as NULL (SQLite has no NaN) and read back as NaN.
+
+Size (over 400 lines): schema, migration, writes, reads, reaping and import of one SQLite store;
+most of it is SQL that belongs to this store only.
 """
 
 from __future__ import annotations
@@ -19,15 +22,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import socket
 import sqlite3
-import tempfile
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterable
 
-from digitops import _sqlite, config
+from digitops import _sqlite, atomic, config
 from digitops.tracking.base import (
     ABANDONED,
     FAILED,
@@ -203,22 +204,22 @@ class SqliteTracker(Tracker):
 
     # -- plumbing -----------------------------------------------------------------
 
+    def _errors(self) -> Any:
+        """A ``sqlite3.Error`` in the block becomes a :class:`TrackingError` naming this store."""
+        return _sqlite.translated("tracking", self.db_path, TrackingError)
+
     def _connect(self) -> sqlite3.Connection:
-        try:
+        with self._errors():
             return _sqlite.connect(self.db_path)
-        except sqlite3.Error as exc:
-            raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
 
     def _write(self, run_id: str, fn: Any) -> Any:
         """Run ``fn(con)`` in a write transaction after checking ``run_id`` exists."""
         with closing(self._connect()) as con:
-            try:
+            with self._errors():
                 with _sqlite.transaction(con):
                     if con.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
                         raise TrackingError(f"unknown run {run_id!r} in {self.db_path}")
                     return fn(con)
-            except sqlite3.Error as exc:
-                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
 
     # -- writes -------------------------------------------------------------------
 
@@ -237,7 +238,7 @@ class SqliteTracker(Tracker):
         if not run_id or "/" in run_id or run_id in (".", ".."):
             raise TrackingError(f"invalid run id {run_id!r}: it names a folder, so no '/' and not empty")
         with closing(self._connect()) as con:
-            try:
+            with self._errors():
                 with _sqlite.transaction(con):
                     row = con.execute("SELECT project FROM runs WHERE run_id = ?", (run_id,)).fetchone()
                     if row is None:
@@ -275,8 +276,6 @@ class SqliteTracker(Tracker):
                         )
                     self._put_params(con, run_id, params or {})
                     self._put_tags(con, run_id, tags or {})
-            except sqlite3.Error as exc:
-                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
         return self.get_run(run_id)
 
     @staticmethod
@@ -343,14 +342,7 @@ class SqliteTracker(Tracker):
         folder.mkdir(parents=True, exist_ok=True)
         dest = folder / name
         # Copy beside the destination then rename, so a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-        os.close(fd)
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic.copy(src, dest)
         stored = str(dest.resolve())
         size = dest.stat().st_size
         self._write(
@@ -372,7 +364,7 @@ class SqliteTracker(Tracker):
         """
         host = host_name()
         with closing(self._connect()) as con:
-            try:
+            with self._errors():
                 rows = con.execute(
                     "SELECT run_id, pid FROM runs WHERE status = ? AND host = ? AND pid IS NOT NULL",
                     (RUNNING, host),
@@ -386,8 +378,6 @@ class SqliteTracker(Tracker):
                         "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ? AND status = ? AND pid = ?",
                         [(ABANDONED, _sqlite.utc_now(), run_id, RUNNING, pid) for run_id, pid in gone],
                     )
-            except sqlite3.Error as exc:
-                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
         return [run_id for run_id, _ in gone]
 
     def end_run(self, run_id: str, status: str = FINISHED) -> None:
@@ -409,7 +399,7 @@ class SqliteTracker(Tracker):
         """
         records = list(records)
         now = _sqlite.utc_now()
-        with closing(self._connect()) as con:
+        with closing(self._connect()) as con, self._errors():
             try:
                 with _sqlite.transaction(con):
                     con.executemany(
@@ -458,8 +448,6 @@ class SqliteTracker(Tracker):
                     )
             except sqlite3.IntegrityError as exc:
                 raise TrackingError(f"cannot import runs into {self.db_path}: {exc}") from exc
-            except sqlite3.Error as exc:
-                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
         return len(records)
 
     # -- reads --------------------------------------------------------------------
@@ -505,15 +493,13 @@ class SqliteTracker(Tracker):
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[RunRecord]:
         with closing(self._connect()) as con:
-            try:
+            with self._errors():
                 # A read transaction: the runs and their metrics come from one snapshot.
                 con.execute("BEGIN")
                 try:
                     return self._records(con, con.execute(sql, args).fetchall())
                 finally:
                     con.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
 
     def get_run(self, run_id: str) -> RunRecord:
         """The run, or :class:`TrackingError` when unknown."""
@@ -562,21 +548,12 @@ class SqliteTracker(Tracker):
             json.dumps([str(e) for e in exclude]),
         )
         with closing(self._connect()) as con:
-            try:
+            with self._errors():
                 row = con.execute(sql, args).fetchone()
-            except sqlite3.Error as exc:
-                raise TrackingError(_sqlite.problem("tracking", self.db_path, exc)) from exc
         n = int(row["n"])
-        if n == 0:
-            return MetricSummary(metric=metric, count=0, mean=None, best=None, best_run_id=None, worst=None)
-        hi, lo = float(row["hi"]), float(row["lo"])
-        return MetricSummary(
-            metric=metric,
-            count=n,
-            mean=float(row["mean"]),
-            best=hi if higher_is_better else lo,
-            best_run_id=row["best_run"],
-            worst=lo if higher_is_better else hi,
+        return MetricSummary.assemble(
+            metric, count=n, mean=float(row["mean"]) if n else None, hi=float(row["hi"]) if n else None,
+            lo=float(row["lo"]) if n else None, best_run_id=row["best_run"], higher_is_better=higher_is_better,
         )
 
     def integrity_check(self) -> str:

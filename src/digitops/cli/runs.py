@@ -1,0 +1,144 @@
+"""``digitops runs``: list and inspect tracked runs; close runs a killed process left open."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import click
+
+from digitops.compare import DEFAULT_METRIC, fmt_value, is_fraction_metric, label
+
+
+def tracker() -> Any:
+    """The active tracker."""
+    from digitops.tracking import get_tracker
+
+    return get_tracker()
+
+
+def reap(active: Any) -> None:
+    """Mark abandoned the runs whose process is gone (one line each on stderr) before reading runs."""
+    from digitops import runs as runs_mod
+
+    gone = runs_mod.reap_abandoned(active)
+    for run_id in gone:
+        click.echo(f"run {run_id} was still marked running but its process is gone: marked abandoned", err=True)
+
+
+def _num(metric: str, value: float | None) -> str:
+    return fmt_value(metric, value) if value is not None and not math.isnan(value) else "—"
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+@click.group()
+def runs() -> None:
+    """List and inspect tracked runs."""
+
+
+@runs.command("list")
+@click.option("--project", help="Project to list. Default: $COMET_PROJECT_NAME / $DIGITOPS_PROJECT / digitops.")
+@click.option("--status", type=click.Choice(["running", "finished", "failed", "abandoned"]),
+              help="Only runs with this status.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many runs.")
+@click.option("--metric", default=DEFAULT_METRIC, show_default=True, help="Metric shown per run.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of run records).")
+def runs_list(project: str | None, status: str | None, limit: int, metric: str, as_json: bool) -> None:
+    """Runs of the project, newest first."""
+    active = tracker()
+    reap(active)
+    found = active.list_runs(project=project, status=status, limit=limit)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in found], indent=2, default=str))
+        return
+    if not found:
+        click.echo("no runs yet; start one with `digitops run train`")
+        return
+    rows = [("RUN", "STATUS", "STARTED", "ARCHITECTURE", label(metric).upper())]
+    for r in found:
+        rows.append(
+            (
+                r.run_id,
+                r.status,
+                r.started_at[:19].replace("T", " "),
+                str(r.params.get("architecture", "—")),
+                _num(metric, r.metrics.get(metric)),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _show_value(metric: str, value: float) -> str:
+    # Counts (test_images, epochs_run) are whole numbers: 10,000, not 1e+04.
+    if float(value).is_integer() and not is_fraction_metric(metric) and not metric.endswith("seconds"):
+        return f"{int(value):,}"
+    return _num(metric, value)
+
+
+def _show_files(run: Any) -> dict[str, str]:
+    # What the tracker logged, plus the run folder's own files (the model, metrics.json, the report).
+    from digitops import config
+
+    files = dict(run.artifacts)
+    folder = config.runs_dir() / run.run_id
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            name = path.relative_to(folder).as_posix()
+            if path.is_file() and name not in files and path.name not in files and not name.endswith(".tmp"):
+                files[name] = str(path)
+    return files
+
+
+@runs.command("show")
+@click.argument("run_id", metavar="RUN")
+@click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
+def runs_show(run_id: str, as_json: bool) -> None:
+    """Everything recorded about RUN: params, metrics, history, artifacts."""
+    run = tracker().get_run(run_id)
+    if as_json:
+        click.echo(json.dumps(run.to_dict(), indent=2, default=str))
+        return
+    click.echo(f"run:      {run.run_id}  ({run.status})")
+    click.echo(f"project:  {run.project}")
+    click.echo(f"started:  {run.started_at}")
+    click.echo(f"ended:    {run.ended_at or '—'}")
+    commit = run.git_commit or "—"
+    click.echo(f"commit:   {commit[:-len('+dirty')] + '  (dirty)' if commit.endswith('+dirty') else commit}")
+    click.echo(f"data:     {run.data_checksum or '—'}")
+    if run.url:
+        click.echo(f"url:      {run.url}")
+    for title, mapping in (("params", run.params), ("tags", run.tags)):
+        if mapping:
+            click.echo(f"{title}:")
+            for k in sorted(mapping):
+                click.echo(f"  {k} = {mapping[k]}")
+    if run.metrics:
+        click.echo("metrics:")
+        for k in sorted(run.metrics):
+            click.echo(f"  {k} = {_show_value(k, run.metrics[k])}")
+    if run.history:
+        click.echo("history (per epoch):")
+        for k in sorted(run.history):
+            click.echo(f"  {k}: " + ", ".join(f"{v:.4g}" for v in run.history[k]))
+    files = _show_files(run)
+    click.echo("artifacts:" if files else "artifacts: none")
+    for k in sorted(files):
+        click.echo(f"  {k}: {files[k]}")
+
+
+@runs.command("mark-failed")
+@click.argument("run_id", metavar="RUN")
+def runs_mark_failed(run_id: str) -> None:
+    """Close RUN as failed: for a run left running or abandoned by a process that was killed."""
+    from digitops import runs as runs_mod
+
+    was = runs_mod.mark_failed(tracker(), run_id)
+    click.echo(f"run {run_id}: {was} -> failed")
+
+
+COMMANDS = [runs]

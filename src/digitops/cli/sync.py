@@ -1,0 +1,68 @@
+"""``digitops sync``: upload what was kept offline while Comet was unreachable."""
+
+from __future__ import annotations
+
+import click
+
+from digitops import comet_env, config
+from digitops.errors import ConfigError, SyncError
+
+
+def _require_key() -> None:
+    if not config.comet_enabled():
+        raise ConfigError(
+            "COMET_API_KEY is not set (nor api_key in ./.comet.config or ~/.comet.config): nothing is sent "
+            "to Comet (runs stay in the local store). "
+            "Set COMET_API_KEY (and COMET_WORKSPACE, COMET_PROJECT_NAME) to sync."
+        )
+
+
+@click.command("sync")
+@click.option("--run", "run_ids", multiple=True, metavar="RUN_ID", help="Only these runs (repeatable). Default: all.")
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded; send nothing.")
+def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
+    """Upload runs kept offline and registrations made while Comet was unreachable.
+
+    Uses the SDK's own uploader (what `comet upload` runs). Exits 2 when
+    something could not be sent; run it again later.
+    """
+    _require_key()
+    from digitops.comet.offline import pending_runs, stray_archives, sync_pending, upload_archive
+    from digitops.comet.registry import pending_label, pending_registrations, sync_registrations
+
+    runs = [s for s in pending_runs() if not run_ids or s.run_id in run_ids]
+    strays = [] if run_ids else stray_archives()
+    regs = pending_registrations()
+    if dry_run:
+        for s in runs:
+            what = (s.pending.get("archive") or "changes to send") if s.pending else "incomplete experiment(s) to remove"
+            click.echo(f"run {s.run_id}: {what}")
+        for p in strays:
+            click.echo(f"archive {p}")
+        for r in regs:
+            click.echo(f"registration: {r['name']} {pending_label(r)} (run {r['run_id']})")
+        click.echo(f"{len(runs)} run(s), {len(strays)} other archive(s), {len(regs)} registration(s) pending")
+        return
+    if not runs and not strays and not regs:
+        click.echo("nothing to sync: no kept archives, no pending registrations")
+        return
+    reach = comet_env.check_online(use_memo=False)
+    if not reach.ok:
+        raise SyncError(f"Comet not reached ({reach.reason}); nothing was sent, try again later")
+    failed = 0
+    for outcome in sync_pending(run_ids or None):
+        click.echo(outcome.describe())
+        failed += outcome.mode == "failed"
+    for path in strays:
+        ok = upload_archive(path)
+        click.echo(f"archive {path.name}: {'uploaded' if ok else 'upload failed (kept)'}")
+        failed += not ok
+    for line in sync_registrations():
+        click.echo(line)
+        failed += "still pending" in line
+    if failed:
+        raise SyncError(f"{failed} item(s) could not be sent; they are kept for the next `digitops sync`")
+    click.echo("sync complete")
+
+
+COMMANDS = [sync]
