@@ -9,7 +9,6 @@ imports TensorFlow: the dashboard's kernels write feedback.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from digitops import config
@@ -45,8 +44,8 @@ DEFAULT_GATE_TOLERANCE = 0.02
 
 def settings() -> Settings:
     """Whether feedback is on and where it is kept (never fails: the dashboard reads it)."""
-    flag = os.environ.get("DIGITOPS_FEEDBACK", "on").strip().lower()
-    folder = os.environ.get("DIGITOPS_FEEDBACK_DIR") or str(config.home() / "feedback")
+    flag = (config.env("DIGITOPS_FEEDBACK") or "on").strip().lower()
+    folder = config.env("DIGITOPS_FEEDBACK_DIR") or str(config.home() / "feedback")
     return Settings(enabled=flag not in ("off", "0", "false", "no"), folder=folder)
 
 
@@ -54,7 +53,7 @@ def gate_settings() -> GateSettings:
     """The gate's field-set settings; a malformed number is a FeedbackError naming the variable."""
 
     def number(name: str, default: float, kind: type) -> float:
-        raw = os.environ.get(name, "").strip()
+        raw = (config.env(name) or "").strip()
         if not raw:
             return default
         try:

@@ -77,10 +77,11 @@ def sync(store: LocalFeedbackStore) -> SyncResult:
 
 
 def _sync(store: LocalFeedbackStore) -> SyncResult:
-    from digitops.tracking.comet import _api, _experiments, _options, comet_workspace
+    from digitops.comet.queries import _experiments, comet_api, comet_workspace
+    from digitops.comet.state import experiment_options
 
     comet_ml = comet_env.import_comet()
-    api = _api()
+    api = comet_api()
     workspace = comet_workspace(api)
     dedicated = [e for e in _experiments(api, workspace, project()) if e.get_name() == EXPERIMENT_NAME]
     remote: dict[str, tuple[Any, str]] = {}
@@ -117,10 +118,10 @@ def _sync(store: LocalFeedbackStore) -> SyncResult:
         try:
             if key:
                 exp = comet_ml.ExistingExperiment(experiment_key=key, offline_directory=scratch,
-                                                  **_options(comet_ml.ExistingExperiment))
+                                                  **experiment_options(comet_ml.ExistingExperiment))
             else:
                 exp = comet_ml.Experiment(project_name=project(), workspace=workspace, offline_directory=scratch,
-                                          **_options(comet_ml.Experiment))
+                                          **experiment_options(comet_ml.Experiment))
                 exp.set_name(EXPERIMENT_NAME)
             key = exp.get_key()
             for record in missing:
