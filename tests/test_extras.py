@@ -21,7 +21,7 @@ def _cli_without(modules: list[str], *argv: str) -> subprocess.CompletedProcess[
 @pytest.mark.parametrize("absent", [["voila"], ["anywidget"], ["voila", "ipywidgets"]])
 def test_dashboard_without_its_extra_names_it_in_one_line(absent: list[str]) -> None:
     out = _cli_without(absent, "dashboard", "--dry-run")
-    assert out.returncode == 1
+    assert out.returncode == 2  # a configuration error, like every DigitopsError of its kind
     assert out.stdout == ""
     (line,) = out.stderr.splitlines()
     assert line == (
@@ -44,7 +44,7 @@ def test_fetch_only_needs_the_core_package_only(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("COMET_API_KEY", raising=False)
     monkeypatch.delenv("DIGITOPS_MODEL_VERSION", raising=False)
     out = _cli_without(["voila", "ipywidgets", "anywidget"], "dashboard", "--fetch-only")
-    assert out.returncode == 1
+    assert out.returncode == 2  # RegistryError: could not do what was asked
     assert out.stderr.startswith("Error: No production version of the model")
     assert "extra" not in out.stderr and "Traceback" not in out.stderr
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from digitops.errors import ConfigError
+
 #: The modules each extra provides that digitops imports (kept in step with pyproject.toml
 #: by tests/test_packaging.py).
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -16,8 +18,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 
-class MissingExtra(RuntimeError):
-    """A command needs an extra that is not installed."""
+class MissingExtra(ConfigError):
+    """A command needs an extra that is not installed (a configuration error: exit 2)."""
 
 
 def missing(extra: str) -> list[str]:

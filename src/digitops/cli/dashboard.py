@@ -66,10 +66,7 @@ def dashboard(
         click.echo(f"cached {version.name} {version.version} ({version.status}) at {path}")
         return
 
-    try:
-        extras.require("dashboard", "digitops dashboard")
-    except extras.MissingExtra as exc:
-        raise click.ClickException(str(exc)) from None
+    extras.require("dashboard", "digitops dashboard")
     from digitops.dashboard import notebook_path, server
 
     try:
