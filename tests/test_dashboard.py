@@ -702,11 +702,12 @@ def test_browser_page_preloads_every_script_it_runs_and_asks_nothing_offsite(voi
         preloaded = pg.eval_on_selector_all("link[rel=preload][as=script]", "ls => ls.map(l => l.href)")
     finally:
         pg.close()
+    offsite = [url for url, _ in requested if not url.startswith((srv.url, "blob:", "data:"))]
+    assert not offsite, f"requests outside the server: {offsite}"
+    assert 'rel="preload"' in html, "the page preloads nothing"
     # Scripts the head names before the preloads are requested first anyway.
     head = html[: html.index('rel="preload"')]
     preloaded += [srv.url.rstrip("/") + src.replace("&amp;", "&") for src in re.findall(r'<script[^>]* src="([^"]+)"', head)]
-    offsite = [url for url, _ in requested if not url.startswith((srv.url, "blob:", "data:"))]
-    assert not offsite, f"requests outside the server: {offsite}"
     scripts = {url for url, kind in requested if kind == "script" and url.startswith(srv.url)}
     missing = sorted(scripts - set(preloaded))
     assert not missing, (
