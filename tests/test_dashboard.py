@@ -687,6 +687,40 @@ def test_browser_model_card_shows_registered_version(page, voila):
 
 @pytest.mark.slow
 @pytest.mark.browser
+def test_browser_page_preloads_every_script_it_runs_and_asks_nothing_offsite(voila, chromium):
+    """The first page: scripts preloaded from the head (so they download during kernel start), and no
+    request leaves the server (Voila's template links Font Awesome from a CDN, which blocks offline)."""
+    srv, _mv = voila
+    pg = chromium.new_page()
+    requested, failed = [], []
+    pg.on("request", lambda r: requested.append((r.url, r.resource_type)))
+    pg.on("requestfailed", lambda r: failed.append(r.url))
+    pg.route("**/*", lambda route: route.continue_() if route.request.url.startswith(srv.url) else route.abort())
+    try:
+        html = pg.goto(srv.url).text()
+        pg.wait_for_selector("canvas.digitops-canvas[data-ready='1']", timeout=60_000)
+        preloaded = pg.eval_on_selector_all("link[rel=preload][as=script]", "ls => ls.map(l => l.href)")
+    finally:
+        pg.close()
+    offsite = [url for url, _ in requested if not url.startswith((srv.url, "blob:", "data:"))]
+    assert not offsite, f"requests outside the server: {offsite}"
+    assert 'rel="preload"' in html, "the page preloads nothing"
+    # Scripts the head names before the preloads are requested first anyway.
+    head = html[: html.index('rel="preload"')]
+    preloaded += [srv.url.rstrip("/") + src.replace("&amp;", "&") for src in re.findall(r'<script[^>]* src="([^"]+)"', head)]
+    scripts = {url for url, kind in requested if kind == "script" and url.startswith(srv.url)}
+    missing = sorted(scripts - set(preloaded))
+    assert not missing, (
+        "scripts the page ran without a preload; add them to "
+        f"src/digitops/dashboard/templates/digitops/digitops_preload.j2: {missing}")
+    assert not failed, f"failed requests: {failed}"
+    unused = sorted(set(preloaded) - scripts)
+    assert not unused, f"preloaded but never run (drop them from digitops_preload.j2): {unused}"
+    assert not [u for u in scripts if "jupyterlab_pygments" in u], "an extension the page does not use was loaded"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
 def test_browser_without_a_model_the_page_explains_and_idle_kernels_are_culled(tmp_path, chromium):
     env = browser.isolated_env(tmp_path, DIGITOPS_HOME=str(tmp_path / "home"), DIGITOPS_RUNS=str(tmp_path / "runs"))
     env = server.server_env(tmp_path, env)
@@ -769,6 +803,18 @@ def test_ws_kernels_are_thin_and_predict_through_the_model_process(ws_server):
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "tensorflow" not in maps and browser.rss_mb(pid) < 200
     assert "tensorflow" in Path(f"/proc/{_model_process(ws_server)}/maps").read_text()
+
+
+@pytest.mark.slow
+def test_ws_page_preloads_scripts_that_exist_and_links_no_cdn(ws_server):
+    html = urllib.request.urlopen(ws_server.url, timeout=120).read().decode()
+    assert "cdn.jsdelivr.net" not in html and "fontawesome" not in html.lower()
+    preloads = re.findall(r'<link rel="preload" as="script" href="([^"]+)"', html)
+    assert len(preloads) > 20 and preloads[0].endswith("/voila/static/voila.js")
+    assert html.index('rel="preload"') < html.index("jupyter-config-data")  # sent before the kernel starts
+    for href in preloads:
+        with urllib.request.urlopen(ws_server.url.rstrip("/") + href, timeout=30) as resp:
+            assert resp.status == 200, href
 
 
 @pytest.mark.slow

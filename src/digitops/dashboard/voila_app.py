@@ -10,7 +10,11 @@ Same command line as ``voila``, plus:
 - kernel websockets only on the ``v1.kernel.websocket.jupyter.org``
   subprotocol (what browsers use): Voila 0.5 parses every binary message as
   v1, and a legacy-protocol message makes it build a list with billions of
-  entries, growing the server without bound.
+  entries, growing the server without bound;
+- the page from the ``digitops`` template (``templates/digitops``): Voila's
+  lab template with every script preloaded, no Font Awesome from a CDN, and
+  only the front-end extensions the page uses
+  (``--DigitopsVoila.fast_page=False``: Voila's own, as the benchmark's "before").
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from jupyter_core.utils import ensure_async
@@ -32,6 +37,11 @@ from digitops.dashboard import modelserver
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 DEFAULT_MAX_KERNELS = 60
+#: Our page template: found before Voila's own, it extends ``voila/templates/lab``.
+TEMPLATE_DIR = Path(__file__).parent / "templates" / "digitops"
+#: The front-end extensions the page needs (widgets and the canvas); others (Pygments' theme for
+#: code cells the page never shows) would only add scripts to every page load.
+PAGE_EXTENSIONS = ["@jupyter-widgets/jupyterlab-manager", "@voila-dashboards/widgets-manager8", "anywidget"]
 
 BUSY_HTML = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Busy</title></head>
@@ -124,6 +134,7 @@ class DigitopsVoila(Voila):
     name = "digitops-voila"
     max_kernels = Int(DEFAULT_MAX_KERNELS, config=True, help="Most kernels at once (0: no limit).")
     model_process = Bool(True, config=True, help="Serve predictions from one model process.")
+    fast_page = Bool(True, config=True, help="Serve the page from the digitops template (preloads, no CDN).")
 
     _model_proc: Any = None
     _model_dir: str | None = None
@@ -133,6 +144,13 @@ class DigitopsVoila(Voila):
         settings["digitops_max_kernels"] = self.max_kernels
         settings["digitops_pages"] = {"starting": 0}
         return settings
+
+    def setup_template_dirs(self) -> None:
+        super().setup_template_dirs()
+        if self.fast_page:
+            self.template_paths.insert(0, str(TEMPLATE_DIR))
+            if not self.voila_configuration.extension_allowlist:  # none configured
+                self.voila_configuration.extension_allowlist = list(PAGE_EXTENSIONS)
 
     def init_handlers(self) -> list[Any]:
         replace = {TornadoVoilaHandler: CappedVoilaHandler, VoilaKernelWebsocketHandler: V1OnlyWebsocketHandler}
