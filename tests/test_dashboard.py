@@ -464,6 +464,19 @@ def test_voila_root_must_contain_the_notebook(tmp_path):
     assert f"--Voila.root_dir={nb.parent}" in args
 
 
+def test_server_env_defaults_to_the_project_roots_store(tmp_path, monkeypatch):
+    # `digitops dashboard` started deeper in the checkout serves the store the CLI uses (issue 12's one store).
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "digitops"\n')
+    deeper = tmp_path / "dashboards"
+    deeper.mkdir()
+    monkeypatch.chdir(deeper)
+    for name in ("DIGITOPS_HOME", "DIGITOPS_RUNS"):
+        monkeypatch.delenv(name, raising=False)
+    env = server.server_env(tmp_path, {})
+    assert env["DIGITOPS_HOME"] == str(tmp_path / ".digitops")
+    assert env["DIGITOPS_RUNS"] == str(tmp_path / "runs")
+
+
 def test_server_env_makes_state_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DIGITOPS_HOME", ".state")

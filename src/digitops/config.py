@@ -49,6 +49,7 @@ _DECLARED = (
     Setting("DIGITOPS_MODEL_CACHE", None, "cache of the dashboard's model files; default <home>/model-cache"),
     Setting("DIGITOPS_DASHBOARD", None, "the dashboard notebook; default ./dashboards/digits.ipynb"),
     Setting("DIGITOPS_DASHBOARD_FILES", None, "internal: the files the dashboard server may serve"),
+    Setting("DIGITOPS_MODEL_SOCKET", None, "internal: the dashboard's model process socket, set for its kernels"),
     Setting("DIGITOPS_FEEDBACK", "on", "`off`: no \"Right / Wrong\" buttons in the dashboard, nothing kept"),
     Setting("DIGITOPS_FEEDBACK_DIR", None, "field drawings and their exports; default <home>/feedback"),
     Setting("DIGITOPS_GATE_FIELD_MIN", "30", "field-set gate: test drawings needed before the field set gates"),
@@ -100,7 +101,8 @@ def project_root(start: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
-def _default_location(name: str) -> Path:
+def default_location(name: str) -> Path:
+    """Where ``name`` (``.digitops``, ``runs``) lives when its variable is unset: the project root, else here."""
     # Relative to the working directory when that is the root (short paths in
     # output, as before), absolute when a notebook runs deeper in the checkout.
     root = project_root()
@@ -112,13 +114,13 @@ def _default_location(name: str) -> Path:
 def home() -> Path:
     """State folder for the embedded tracker and registry (``$DIGITOPS_HOME``, default ``<project root>/.digitops``)."""
     value = env("DIGITOPS_HOME")
-    return Path(value) if value else _default_location(".digitops")
+    return Path(value) if value else default_location(".digitops")
 
 
 def runs_dir() -> Path:
     """Run folders (``$DIGITOPS_RUNS``, default ``<project root>/runs``)."""
     value = env("DIGITOPS_RUNS")
-    return Path(value) if value else _default_location("runs")
+    return Path(value) if value else default_location("runs")
 
 
 def project_name() -> str:

@@ -9,9 +9,9 @@ __all__ = ["notebook_path"]
 
 def notebook_path() -> Path:
     """The dashboard notebook: ``$DIGITOPS_DASHBOARD``, ``./dashboards/digits.ipynb``, or the source checkout's."""
-    import os
+    from digitops import config
 
-    env = os.environ.get("DIGITOPS_DASHBOARD")
+    env = config.env("DIGITOPS_DASHBOARD")
     candidates = [Path(env)] if env else []
     candidates += [Path.cwd() / "dashboards" / "digits.ipynb", Path(__file__).resolve().parents[3] / "dashboards" / "digits.ipynb"]
     for candidate in candidates:

@@ -94,7 +94,7 @@ def _report_link(version: Any) -> str:
     if version.url:
         label = "Comet experiment" if "comet" in version.url else "run page"
         return f'<a href="{html.escape(version.url)}" target="_blank" rel="noopener">{run_id}</a> ({label})'
-    served = os.environ.get(FILES_ENV)
+    served = config.env(FILES_ENV)
     report_dir = config.runs_dir() / version.run_id
     for report in ("evaluate.html", "train.html"):
         if served and (report_dir / report).is_file():

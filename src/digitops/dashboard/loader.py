@@ -49,7 +49,7 @@ class LoadedModel:
 
 def cache_root() -> Path:
     """Where downloaded models are cached (``$DIGITOPS_MODEL_CACHE`` or ``<home>/model-cache``)."""
-    env = os.environ.get(CACHE_ENV)
+    env = config.env(CACHE_ENV)
     return Path(env) if env else config.home() / "model-cache"
 
 
@@ -97,7 +97,7 @@ def resolve(registry: Registry | None = None, name: str | None = None, pinned: s
     from digitops.registry import RegistryError, get_registry
 
     name = name or config.model_name()
-    pinned = pinned if pinned is not None else (os.environ.get(PIN_ENV) or None)
+    pinned = pinned if pinned is not None else (config.env(PIN_ENV) or None)
     if pinned:
         record = cached_record(name, pinned)
         if record is not None:

@@ -108,7 +108,9 @@ class RemoteModel:
 
 def client_from_env(version: Any) -> RemoteModel | None:
     """A :class:`RemoteModel` when this process runs under the dashboard launcher, else None."""
-    path = os.environ.get(SOCKET_ENV)
+    from digitops import config
+
+    path = config.env(SOCKET_ENV)
     return RemoteModel(path, version) if path else None
 
 

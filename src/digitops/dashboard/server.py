@@ -93,14 +93,17 @@ def server_env(root_dir: Path, base: dict[str, str] | None = None) -> dict[str, 
     absolute here, and the app is told where run reports are served.
     """
     env = dict(os.environ if base is None else base)
-    # Same defaults as digitops.config, read from ``env`` rather than this process.
-    env["DIGITOPS_HOME"] = str(Path(env.get("DIGITOPS_HOME") or ".digitops").resolve())
-    env["DIGITOPS_RUNS"] = str(Path(env.get("DIGITOPS_RUNS") or "runs").resolve())
-    if env.get(loader.CACHE_ENV):
-        env[loader.CACHE_ENV] = str(Path(env[loader.CACHE_ENV]).resolve())
-    if env.get("DIGITOPS_FEEDBACK_DIR"):  # field drawings kept by the kernels (digitops.feedback)
-        env["DIGITOPS_FEEDBACK_DIR"] = str(Path(env["DIGITOPS_FEEDBACK_DIR"]).resolve())
-    runs = _relative(Path(env["DIGITOPS_RUNS"]), Path(root_dir))
+    # Same defaults as digitops.config (the project root's store), read from ``env`` rather than this process.
+    home, runs_path = (
+        Path(config.env(name, env) or config.default_location(default)).resolve()
+        for name, default in (("DIGITOPS_HOME", ".digitops"), ("DIGITOPS_RUNS", "runs"))
+    )
+    env.update(DIGITOPS_HOME=str(home), DIGITOPS_RUNS=str(runs_path))
+    for name in (loader.CACHE_ENV, "DIGITOPS_FEEDBACK_DIR"):  # the model cache; field drawings kept by kernels
+        value = config.env(name, env)
+        if value:
+            env[name] = str(Path(value).resolve())
+    runs = _relative(runs_path, Path(root_dir))
     if runs is not None:
         env[app.FILES_ENV] = runs
     else:
