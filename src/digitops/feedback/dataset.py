@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitops import _sqlite
+from digitops import _sqlite, atomic
 from digitops.feedback import FeedbackError, settings
 from digitops.feedback.store import FeedbackStore, open_store
 
@@ -114,14 +114,11 @@ def export(store: FeedbackStore | None = None, folder: Path | None = None) -> tu
     }
     folder.mkdir(parents=True, exist_ok=True)
     for target, payload in ((path, data), (manifest_path, json.dumps(manifest, indent=1).encode())):
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_bytes(payload)
-            os.replace(tmp, target)  # the manifest goes last: an export without one is not an export
+        try:  # the manifest goes last: an export without one is not an export
+            with atomic.replacing(target, tmp=target.with_name(f".{target.name}.{os.getpid()}.tmp")) as tmp:
+                tmp.write_bytes(payload)
         except OSError as exc:
             raise FeedbackError(f"cannot write the field export {target}: {exc.strerror or exc}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
     return path, manifest
 
 

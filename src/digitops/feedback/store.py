@@ -19,7 +19,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from digitops import _sqlite
+from digitops import _sqlite, atomic
 from digitops.feedback import FeedbackError, FeedbackStoreError, settings
 from digitops.preprocess import EMPTY_MESSAGE, SIZE, preprocess, to_png
 
@@ -111,12 +111,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
     # Content-addressed: an existing file already holds these bytes.
     if path.is_file() and path.stat().st_size == len(data):
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+    with atomic.replacing(path, tmp=path.with_name(f".{path.name}.{os.getpid()}.tmp")) as tmp:
+        tmp.write_bytes(data)  # a full disk leaves no half-written file behind
 
 
 class LocalFeedbackStore:
