@@ -190,3 +190,51 @@ def test_env_reads_a_declared_variable_with_its_default() -> None:
     assert config.env("DIGITOPS_MNIST_DIR", {"DIGITOPS_MNIST_DIR": ""}) is None
     with pytest.raises(KeyError):
         config.env("DIGITOPS_NOT_DECLARED", {})
+
+
+_NO_BACKEND_VARS = ("DIGITOPS_BACKEND", "COMET_API_KEY", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "GITLAB_TOKEN",
+                    "CI_API_V4_URL", "CI_PROJECT_ID", "COMET_INI", "COMET_CONFIG")
+
+
+@pytest.fixture
+def no_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No backend variable set and no Comet config file in reach (HOME and the working directory are empty)."""
+    for name in _NO_BACKEND_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def test_backend_precedence(no_backend: pytest.MonkeyPatch) -> None:
+    from digitops.errors import ConfigError
+
+    assert config.backend() == "embedded"
+    no_backend.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert config.backend() == "mlflow" and not config.comet_enabled()
+    no_backend.setenv("COMET_API_KEY", "k")
+    with pytest.raises(ConfigError, match="DIGITOPS_BACKEND"):  # both: refused, not guessed
+        config.backend()
+    for chosen, expected in (("comet", "comet"), ("MLflow", "mlflow"), ("gitlab", "mlflow"), ("embedded", "embedded")):
+        no_backend.setenv("DIGITOPS_BACKEND", chosen)
+        assert config.backend() == expected
+    no_backend.setenv("DIGITOPS_BACKEND", "wandb")
+    with pytest.raises(ConfigError, match="not one of"):
+        config.backend()
+
+
+def test_mlflow_endpoint_from_gitlab_ci_variables() -> None:
+    from digitops.errors import ConfigError
+
+    ci = {"DIGITOPS_BACKEND": "gitlab", "CI_API_V4_URL": "https://gitlab.example.com/api/v4/", "CI_PROJECT_ID": "42",
+          "GITLAB_TOKEN": "glpat-x"}
+    assert config.mlflow_endpoint(ci) == ("https://gitlab.example.com/api/v4/projects/42/ml/mlflow", "glpat-x")
+    assert config.mlflow_endpoint({**ci, "MLFLOW_TRACKING_URI": "http://m:5000/", "MLFLOW_TRACKING_TOKEN": "t"}) == (
+        "http://m:5000", "t")
+    with pytest.raises(ConfigError, match="GITLAB_TOKEN"):
+        config.mlflow_endpoint({k: v for k, v in ci.items() if k != "GITLAB_TOKEN"})
+    with pytest.raises(ConfigError, match="CI_PROJECT_ID"):
+        config.mlflow_endpoint({k: v for k, v in ci.items() if k != "CI_PROJECT_ID"})
+    assert config.mlflow_endpoint({"MLFLOW_TRACKING_URI": "http://m:5000"}) == ("http://m:5000", None)
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI"):
+        config.mlflow_endpoint({})

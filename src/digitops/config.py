@@ -62,6 +62,9 @@ _DECLARED = (
     Setting("COMET_CONFIG", None, "older name of COMET_INI"),
     Setting("GITLAB_TOKEN", None, "project access token (api scope): publish the MR report with python-gitlab"),
     Setting("GITLAB_USER_LOGIN", None, "set by GitLab CI: recorded as who registered a model version"),
+    Setting("DIGITOPS_BACKEND", None, "`embedded`, `comet`, `mlflow` or `gitlab`: where runs and versions go"),
+    Setting("MLFLOW_TRACKING_URI", None, "an MLflow server (or GitLab's /ml/mlflow): track and register there"),
+    Setting("MLFLOW_TRACKING_TOKEN", None, "bearer token for MLFLOW_TRACKING_URI (GitLab: Developer role, api scope)"),
 )
 #: Every variable the package reads, by name.
 SETTINGS: dict[str, Setting] = {s.name: s for s in _DECLARED}
@@ -138,9 +141,60 @@ def model_name() -> str:
     return env("DIGITOPS_MODEL_NAME") or "mnist-digits"
 
 
-def comet_enabled() -> bool:
-    """True when a Comet API key is set (environment or the SDK's config files); else everything stays local."""
-    from digitops import comet_env
+#: where runs and model versions go; ``gitlab`` is ``mlflow`` at the project's GitLab endpoint
+BACKENDS = ("embedded", "comet", "mlflow", "gitlab")
 
-    return bool(comet_env.api_key())
+
+def backend() -> str:
+    """The active backend: ``embedded``, ``comet`` or ``mlflow`` (``DIGITOPS_BACKEND=gitlab`` is mlflow).
+
+    ``DIGITOPS_BACKEND`` decides when set. Otherwise a Comet API key means Comet and
+    ``MLFLOW_TRACKING_URI`` means MLflow; both at once is refused rather than guessed.
+    """
+    from digitops import comet_env
+    from digitops.errors import ConfigError
+
+    chosen = (env("DIGITOPS_BACKEND") or "").strip().lower()
+    if chosen:
+        if chosen not in BACKENDS:
+            raise ConfigError(f"DIGITOPS_BACKEND={chosen!r} is not one of {', '.join(BACKENDS)}")
+        return "mlflow" if chosen == "gitlab" else chosen
+    comet, mlflow = bool(comet_env.api_key()), bool(env("MLFLOW_TRACKING_URI"))
+    if comet and mlflow:
+        raise ConfigError(
+            "both a Comet API key and MLFLOW_TRACKING_URI are set; choose one with DIGITOPS_BACKEND=comet or =mlflow"
+        )
+    return "comet" if comet else "mlflow" if mlflow else "embedded"
+
+
+def comet_enabled() -> bool:
+    """True when Comet is the backend (an API key in the environment or the SDK's config files)."""
+    return backend() == "comet"
+
+
+def mlflow_endpoint(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """The MLflow tracking URI and token: ``MLFLOW_TRACKING_*``, else GitLab's from CI's variables.
+
+    With ``DIGITOPS_BACKEND=gitlab`` and no ``MLFLOW_TRACKING_URI``, the URI is the
+    project's ``$CI_API_V4_URL/projects/$CI_PROJECT_ID/ml/mlflow`` and the token
+    ``GITLAB_TOKEN`` (a project access token with the Developer role and api scope).
+    """
+    from digitops.errors import ConfigError
+
+    environ = os.environ if environ is None else environ
+    uri, token = env("MLFLOW_TRACKING_URI", environ), env("MLFLOW_TRACKING_TOKEN", environ)
+    if (env("DIGITOPS_BACKEND", environ) or "").strip().lower() == "gitlab":
+        if not uri:
+            api, project = environ.get("CI_API_V4_URL", "").rstrip("/"), environ.get("CI_PROJECT_ID", "")
+            if not (api and project):
+                raise ConfigError(
+                    "DIGITOPS_BACKEND=gitlab needs MLFLOW_TRACKING_URI, or CI_API_V4_URL and CI_PROJECT_ID (set in GitLab CI)"
+                )
+            uri = f"{api}/projects/{project}/ml/mlflow"
+        token = token or env("GITLAB_TOKEN", environ)
+        if not token:
+            raise ConfigError("DIGITOPS_BACKEND=gitlab needs GITLAB_TOKEN (or MLFLOW_TRACKING_TOKEN): Developer role, api scope")
+    if not uri:
+        raise ConfigError("the MLflow backend needs MLFLOW_TRACKING_URI")
+    return uri.rstrip("/"), token
 
