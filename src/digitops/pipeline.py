@@ -53,6 +53,7 @@ def run_pipeline(
     log_output: bool = False,
     echo: Callable[[str], None] = print,
     allow_unjudged: bool | None = None,
+    reuse: bool = False,
 ) -> PipelineResult:
     """Run every stage; raise :class:`runner.StageFailed` if a notebook fails.
 
@@ -66,6 +67,7 @@ def run_pipeline(
 
     The gate is checked against ``metric`` and the training parameters against the
     notebook before any training starts (:class:`~digitops.errors.UsageError`).
+    With ``reuse``, stages whose inputs are unchanged since a finished run reuse it (:mod:`digitops.reuse`).
     """
     # Long: the stages in order, each timed; splitting it would scatter the one place that says what a pipeline does.
     gate = gate or Gate.from_env()
@@ -85,14 +87,15 @@ def run_pipeline(
     kernel_env = {"DIGITOPS_MODEL_NAME": model_name}
     trained = timed(
         "train",
-        lambda: runner.execute("train", train_params, progress=progress, log_output=log_output, kernel_env=kernel_env),
+        lambda: runner.execute("train", train_params, progress=progress, log_output=log_output, kernel_env=kernel_env,
+                               reuse=reuse),
     )
     run_id, folder = trained.run_id, trained.folder
     timed(
         "evaluate",
         lambda: runner.execute(
             "evaluate", dict(evaluate_params or {}), run_id=run_id, progress=progress, log_output=log_output,
-            kernel_env=kernel_env,
+            kernel_env=kernel_env, reuse=reuse,
         ),
     )
     tracker, registry = get_tracker(), get_registry()

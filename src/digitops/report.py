@@ -123,6 +123,8 @@ class _View:
     per_class: list[tuple[str, str, str, str]]
     links: list[tuple[str, str]]
     footer: str
+    #: "Inputs unchanged since run X; reused (...)." when the run reused an earlier one's results
+    reuse: str | None = None
 
 
 def _view(
@@ -228,7 +230,15 @@ def _view(
         per_class=pc_rows,
         links=links,
         footer=f"digitops {__version__} · {when}",
+        reuse=_reuse_note(run),
     )
+
+
+def _reuse_note(run: RunRecord) -> str | None:
+    from digitops.reuse import REUSED_FROM
+    from digitops.wording import reuse_note
+
+    return reuse_note(run.tags.get(REUSED_FROM["train"]), run.tags.get(REUSED_FROM["evaluate"]))
 
 
 _MISSING = object()

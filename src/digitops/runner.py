@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from digitops import atomic, config, params as params_mod, quiet, runs
+from digitops import atomic, config, fingerprint, params as params_mod, quiet, reuse as reuse_mod, runs
 from digitops.errors import EXIT_FAILED, EXIT_SIGNAL_BASE, NotebookFailed
 
 STAGES = ("train", "evaluate")
@@ -129,6 +129,10 @@ class StageResult:
     failed_cell: int | None = None
     #: "SIGINT", "SIGTERM" or "SIGHUP" when a signal stopped the notebook
     interrupted: str | None = None
+    #: the run whose results were reused instead of executing the notebook
+    reused_from: str | None = None
+    #: why the stage was reused, or why not ("inputs changed since run X: params"); None when not asked
+    reuse_reason: str | None = None
 
 
 def notebooks_dir() -> Path:
@@ -200,12 +204,16 @@ def execute(
     log_output: bool = False,
     timeout: int | None = None,
     kernel_env: Mapping[str, str] | None = None,
+    reuse: bool = False,
 ) -> StageResult:
     """Validate, execute ``notebooks/<stage>.ipynb`` into ``runs/<run_id>/`` and render HTML.
 
     Raises :class:`~digitops.params.ParameterError` before starting a kernel
     when parameters are wrong, and :class:`StageFailed` (carrying the result)
     when the notebook raised. ``kernel_env`` adds environment variables for the kernel only.
+    With ``reuse``, a finished run with the same :mod:`~digitops.fingerprint` stands in
+    for the execution (:mod:`digitops.reuse`; no kernel starts). Every run records its
+    fingerprint, so one made without ``reuse`` can be reused later.
     """
     # Long: start run, execute, render HTML and close the run share one try/finally so a run always ends.
     import papermill
@@ -220,13 +228,35 @@ def execute(
     injected = {**checked, "run_id": run_id, "output_dir": str(folder)}
 
     tracker = _tracker()
+    tags = {"stage": stage, **runs.ci_tags()}
+    fp = _fingerprint(stage, source, checked, folder)
+    reason = None
+    if reuse and fp is not None:
+        started = time.perf_counter()
+        decision = reuse_mod.decide(tracker, fp, exclude=run_id)
+        reason = decision.reason
+        if decision.source is not None:
+            extra = {} if stage == "train" else {f"{stage}.model_path": str(_model_file(checked, folder))}
+            with signals_deferred():
+                reuse_mod.apply(decision, tracker, run_id, tags=tags, params=extra)
+            html = folder / f"{stage}.html"
+            return StageResult(
+                stage, run_id, folder, output, html if html.is_file() else None, True,
+                time.perf_counter() - started, injected, reused_from=decision.origin, reuse_reason=reason,
+            )
+        tags[reuse_mod.REASON[stage]] = reason
+    elif reuse:
+        reason = "inputs could not be fingerprinted"
+    if fp is not None:
+        tags.update(fp.tags())
     tracker.start_run(
         run_id,
         name=run_id,
-        tags={"stage": stage, **runs.ci_tags()},
+        tags=tags,
         git_commit=runs.git_commit(),
         project=config.project_name(),
     )
+    before = _listing(folder)
     started = time.perf_counter()
     _received.clear()
     error = failed_cell = interrupted = None
@@ -270,6 +300,8 @@ def execute(
             except Exception as exc:  # noqa: BLE001 - a full disk truncates what papermill wrote
                 error = error or f"could not keep the executed notebook: {type(exc).__name__}: {exc}"
             status = "failed" if error else "finished"
+            if status == "finished":
+                _record_outputs(tracker, run_id, folder, stage, before)
     finally:
         # Whatever happened above (a full disk, a second signal, an HTML that failed to render),
         # the run ends with a final status.
@@ -281,11 +313,61 @@ def execute(
             tracker.end_run(run_id, status)
     seconds = time.perf_counter() - started
     result = StageResult(
-        stage, run_id, folder, output, html, error is None, seconds, injected, error, failed_cell, interrupted
+        stage, run_id, folder, output, html, error is None, seconds, injected, error, failed_cell, interrupted,
+        reuse_reason=reason,
     )
     if error:
         raise StageFailed(result)
     return result
+
+
+def _model_file(checked: Mapping[str, Any], folder: Path) -> Path:
+    """The model an evaluation scores: ``model_path`` when given, else the run's own."""
+    return Path(checked["model_path"]) if checked.get("model_path") else folder / reuse_mod.MODEL
+
+
+def _fingerprint(stage: str, source: Path, checked: Mapping[str, Any], folder: Path) -> Any:
+    """The stage's :class:`~digitops.fingerprint.Fingerprint`, or None when an input cannot be read.
+
+    None never stops a run (the notebook reports a missing model itself); it only means
+    this execution is neither reused nor reusable.
+    """
+    from digitops.registry.base import sha256_file
+
+    try:
+        if stage == "train":
+            return fingerprint.for_train(source, checked)
+        model = _model_file(checked, folder)
+        return fingerprint.for_evaluate(source, checked, sha256_file(model)) if model.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of the run folder's visible files."""
+    out = {}
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if path.is_file() and not path.name.startswith("."):
+            st = path.stat()
+            out[path.name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _record_outputs(tracker: Any, run_id: str, folder: Path, stage: str, before: Mapping[str, Any]) -> None:
+    """Remember which files the stage wrote and the trained model's SHA256 (what reuse checks).
+
+    Best effort: when this fails the run stays finished, and is simply never reused.
+    """
+    from digitops.registry.base import sha256_file
+
+    try:
+        after = _listing(folder)
+        written = [n for n, stat in after.items() if before.get(n) != stat and n != runs.METRICS_FILE]
+        runs.record_outputs(folder, stage, files=written)
+        if stage == "train" and (folder / reuse_mod.MODEL).is_file():
+            tracker.set_tags(run_id, {reuse_mod.MODEL_SHA: sha256_file(folder / reuse_mod.MODEL)})
+    except Exception:  # noqa: BLE001 - only reuse depends on it, and it fails closed without it
+        pass
 
 
 def _tracker() -> Any:

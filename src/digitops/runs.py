@@ -109,6 +109,20 @@ def update_metrics(folder: str | os.PathLike, **sections: Any) -> dict[str, Any]
     return content
 
 
+def record_outputs(
+    folder: str | os.PathLike, stage: str, *, files: Any = (), metrics: Any = (), sections: Any = ()
+) -> None:
+    """Add to ``metrics.json``'s ``outputs.<stage>``: the files, final metric names and sections it wrote.
+
+    :mod:`digitops.reuse` copies exactly these when a later run reuses this stage.
+    """
+    outputs = read_metrics(folder).get("outputs") or {}
+    mine = dict(outputs.get(stage) or {})
+    for key, names in (("files", files), ("metrics", metrics), ("sections", sections)):
+        mine[key] = sorted(set(mine.get(key) or ()) | {str(n) for n in names})
+    update_metrics(folder, outputs={stage: mine})
+
+
 @dataclass
 class RunContext:
     """What a notebook holds while it works on a run."""
@@ -177,6 +191,7 @@ class RunContext:
         clean = {k: float(v) for k, v in metrics.items()}
         self.tracker.log_metrics(self.run_id, clean)
         update_metrics(self.folder, metrics=clean, **sections)
+        record_outputs(self.folder, self.stage, metrics=clean, sections=sections)
 
     def log_artifact(self, path: str | os.PathLike, name: str | None = None) -> str:
         """Keep a file (image, model) with the run in the tracker."""

@@ -166,3 +166,20 @@ def headline(c: Any) -> str:
     if c.unjudged_reason:
         ctx += "; ⚠️ judged against the local store only (--allow-unjudged)"
     return f"{mark} Candidate {word} the gate: {value} ({ctx})"
+
+
+def reused(origin: str) -> str:
+    """What the CLI, the report and the MR note say about a stage that was reused."""
+    return f"inputs unchanged since run {origin}; reused"
+
+
+def reuse_note(train_from: str | None, evaluate_from: str | None) -> str | None:
+    """The report's line for a run that reused training and/or evaluation; None when it reused nothing."""
+    if train_from and evaluate_from in (None, train_from):
+        done = "not trained or evaluated again" if evaluate_from else "not trained again; evaluated anew"
+        return f"I{reused(train_from)[1:]} ({done})."
+    if train_from:
+        return f"I{reused(train_from)[1:]} (not trained again; evaluation reused from run {evaluate_from})."
+    if evaluate_from:
+        return f"Evaluation {reused(evaluate_from)} (not evaluated again)."
+    return None

@@ -27,6 +27,10 @@ def param_options(func: Any) -> Any:
 
 def run_options(func: Any) -> Any:
     """Options for how a notebook is executed."""
+    func = click.option(
+        "--force", is_flag=True,
+        help="Execute the notebook even when a finished run had the same inputs (default: reuse that run).",
+    )(func)
     func = click.option("--timeout", type=int, default=None, help="Seconds allowed per cell (default: none).")(func)
     func = click.option("-v", "--log-output", is_flag=True, help="Stream the notebook's output here.")(func)
     func = click.option(
@@ -52,8 +56,14 @@ def execute_stage(stage: str, parameters: dict[str, Any], run_id: str | None, **
     """Run one stage for the CLI (a failed notebook raises :class:`digitops.runner.StageFailed`: exit 1)."""
     from digitops import runner
 
-    result = runner.execute(stage, parameters, run_id=run_id, **kwargs)
-    click.secho(f"{stage} finished in {result.seconds:.1f} s: run {result.run_id}", fg="green")
+    force = kwargs.pop("force", False)
+    result = runner.execute(stage, parameters, run_id=run_id, reuse=not force, **kwargs)
+    if result.reused_from:
+        click.secho(f"{stage}: {result.reuse_reason} (run {result.run_id}, "
+                    f"{result.seconds:.1f} s; --force runs the notebook)", fg="green")
+    else:
+        click.secho(f"{stage} finished in {result.seconds:.1f} s: run {result.run_id}", fg="green")
+        click.echo(f"  not reused: {'--force' if force else result.reuse_reason}")
     click.echo(f"  notebook: {result.notebook}\n  html:     {result.html}")
     return result
 
@@ -70,7 +80,7 @@ def run_group() -> None:
               help="Use this run id instead of a new one (letters, digits, '.', '_', '-').")
 @run_options
 def run_train(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], profile: str | None,
-              run_id: str | None, dotenv: Path | None, log_output: bool, timeout: int | None) -> None:
+              run_id: str | None, dotenv: Path | None, log_output: bool, timeout: int | None, force: bool) -> None:
     """Train a model by executing notebooks/train.ipynb.
 
     \b
@@ -78,10 +88,12 @@ def run_train(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], profi
       digitops run train -p epochs 3 -p architecture cnn
       digitops run train --profile ci -f my-overrides.yaml
     Parameters are checked against the notebook before any kernel starts
-    (see `digitops params notebooks/train.ipynb`).
+    (see `digitops params notebooks/train.ipynb`). When a finished run had the same
+    inputs (notebook code, parameters, digitops, data, Keras/TF versions), its results
+    are reused instead of training again; --force trains anyway.
     """
     parameters = collect_parameters(profile, files, pairs)
-    result = execute_stage("train", parameters, run_id, log_output=log_output, timeout=timeout)
+    result = execute_stage("train", parameters, run_id, log_output=log_output, timeout=timeout, force=force)
     if dotenv:
         runs_mod.write_dotenv(dotenv, result.run_id, "train")
 
@@ -91,7 +103,7 @@ def run_train(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], profi
 @param_options
 @run_options
 def run_evaluate(target: str, files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...],
-                 dotenv: Path | None, log_output: bool, timeout: int | None) -> None:
+                 dotenv: Path | None, log_output: bool, timeout: int | None, force: bool) -> None:
     """Evaluate TARGET (a run id or a .keras file; default: the newest run) on the test set."""
     from digitops import runs
 
@@ -105,7 +117,7 @@ def run_evaluate(target: str, files: tuple[Path, ...], pairs: tuple[tuple[str, s
         run_id, _, _ = runs.resolve_model()
     if run_id and not (runs.run_dir(run_id) / "model.keras").is_file():
         raise UsageError(f"run {run_id} has no model at {runs.run_dir(run_id) / 'model.keras'}")
-    result = execute_stage("evaluate", parameters, run_id, log_output=log_output, timeout=timeout)
+    result = execute_stage("evaluate", parameters, run_id, log_output=log_output, timeout=timeout, force=force)
     if dotenv:
         runs_mod.write_dotenv(dotenv, result.run_id, "evaluate")
 

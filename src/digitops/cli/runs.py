@@ -110,6 +110,11 @@ def runs_show(run_id: str, as_json: bool) -> None:
     commit = run.git_commit or "—"
     click.echo(f"commit:   {commit[:-len('+dirty')] + '  (dirty)' if commit.endswith('+dirty') else commit}")
     click.echo(f"data:     {run.data_checksum or '—'}")
+    from digitops.reuse import REASON
+
+    for stage, tag in REASON.items():  # why a stage was reused, or which inputs changed
+        if tag in run.tags:
+            click.echo(f"reuse:    {stage}: {run.tags[tag]}")
     if run.url:
         click.echo(f"url:      {run.url}")
     for title, mapping in (("params", run.params), ("tags", run.tags)):

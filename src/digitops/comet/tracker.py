@@ -122,6 +122,13 @@ class CometTracker(Tracker):
     def list_runs(self, project: str | None = None, status: str | None = None, limit: int | None = None) -> list[RunRecord]:
         return self.local.list_runs(project=project, status=status, limit=limit)
 
+    def find_reusable(
+        self, fingerprint: str, project: str | None = None, *, tag: str = "digitops.fingerprint"
+    ) -> RunRecord | None:
+        """From the embedded store, not Comet: reuse needs the run's folder (model, notebooks),
+        and only runs recorded here (this machine, or CI's cached store) can have it."""
+        return self.local.find_reusable(fingerprint, project, tag=tag)
+
     # -- writes -------------------------------------------------------------------
 
     def start_run(self, run_id: str, **kwargs: Any) -> RunRecord:

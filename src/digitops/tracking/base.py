@@ -119,6 +119,21 @@ class Tracker(abc.ABC):
     ) -> list[RunRecord]:
         """Runs of ``project`` (default: the configured one), newest first."""
 
+    def find_reusable(
+        self, fingerprint: str, project: str | None = None, *, tag: str = "digitops.fingerprint"
+    ) -> RunRecord | None:
+        """The newest ``finished`` run of ``project`` whose ``tag`` equals ``fingerprint``, or None.
+
+        ``tag`` is ``digitops.fingerprint`` (training) or ``digitops.eval_fingerprint``
+        (evaluation). Only the match is promised: whether the run's files are still there
+        and intact is the caller's check (:mod:`digitops.reuse`). This default reads
+        :meth:`list_runs`; stores that can filter on a tag (SQLite, MLflow) override it.
+        """
+        for run in self.list_runs(project=project, status=FINISHED):
+            if run.tags.get(tag) == fingerprint:
+                return run
+        return None
+
     @abc.abstractmethod
     def metric_summary(
         self,

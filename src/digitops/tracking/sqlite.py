@@ -42,7 +42,7 @@ from digitops.tracking.base import (
     artifact_dir_for,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE runs (
@@ -119,6 +119,11 @@ CREATE INDEX runs_by_project ON runs (project, started_at);
 """
 
 
+# v3: runs found by a tag's value (find_reusable looks a fingerprint up without reading every run).
+_SCHEMA_V3 = """
+CREATE INDEX tags_by_value ON tags (key, value);
+"""
+
 #: One statement over one key's final values (index ``metrics_summary``); ``{order}``: DESC or ASC.
 _SUMMARY_SQL = f"""
     WITH c AS (
@@ -140,6 +145,8 @@ def _migrate(con: sqlite3.Connection, from_version: int) -> None:
         _sqlite.run_script(con, _SCHEMA_V1)
     if from_version <= 1:
         _sqlite.run_script(con, _SCHEMA_V2)
+    if from_version <= 2:
+        _sqlite.run_script(con, _SCHEMA_V3)
 
 
 def host_name() -> str:
@@ -524,6 +531,18 @@ class SqliteTracker(Tracker):
             sql += " LIMIT ?"
             args.append(int(limit))
         return self._read(sql, tuple(args))
+
+    def find_reusable(
+        self, fingerprint: str, project: str | None = None, *, tag: str = "digitops.fingerprint"
+    ) -> RunRecord | None:
+        """The newest finished run whose ``tag`` is ``fingerprint``: one indexed lookup, not a scan of runs."""
+        found = self._read(
+            "SELECT r.* FROM runs r JOIN tags t ON t.run_id = r.run_id"
+            " WHERE t.key = ? AND t.value = ? AND r.project = ? AND r.status = ?"
+            " ORDER BY r.started_at DESC, r.seq DESC LIMIT 1",
+            (tag, fingerprint, project or config.project_name(), FINISHED),
+        )
+        return found[0] if found else None
 
     def metric_summary(
         self,
