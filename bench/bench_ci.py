@@ -100,8 +100,14 @@ def _venv_mb(path: Path) -> float:
     return float(out.stdout.split()[0]) if out.returncode == 0 else float("nan")
 
 
-def run_mode(mode: str, quick: bool) -> dict[str, Any]:
-    """One merge-request pipeline, push -> note, with ``mode``'s installs."""
+def run_mode(mode: str, quick: bool, docs_only_push: bool = False) -> dict[str, Any]:
+    """One merge-request pipeline, push -> note, with ``mode``'s installs.
+
+    With ``docs_only_push``, a second pipeline follows in the same checkout (GitLab's cache
+    kept, as a runner keeps it) after a commit that changes only README.md: training and
+    evaluation inputs are unchanged, so both are reused. Returns the second pipeline's
+    figures with the first's under ``first`` and whether train and evaluate were reused.
+    """
     from fake_gitlab import FakeGitLab
     from test_ci_pipeline import MR_VARS, TINY, copy_checkout, mr_args, node_bin
 
@@ -141,18 +147,31 @@ def run_mode(mode: str, quick: bool) -> dict[str, Any]:
             "--variable", f"DIGITOPS_EVAL_PARAMS={'-p test_limit 1000' if quick else ''}",
             *mr_args(DIGITOPS_GATE="warn"),
         ]
-        started = time.perf_counter()
-        proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=3600)
-        wall = time.perf_counter() - started
-        output = proc.stdout + proc.stderr
-        statuses = dict((job, status) for status, job in re.findall(r"^\s*(PASS|FAIL|WARN)\s+(\S+)", output, re.M))
-        if proc.returncode != 0 or not fake.mr_notes() or "FAIL" in statuses.values():
-            raise RuntimeError(f"{mode} pipeline failed ({proc.returncode}, {statuses}):\n{output[-4000:]}")
-        parts = _split(log)
-        result: dict[str, Any] = {
-            "mode": mode, "push_to_note_seconds": wall, **{f"{k}_seconds": v for k, v in parts.items()},
-            "other_seconds": wall - sum(parts.values()), "jobs": statuses,
-        }
+        def pipeline() -> tuple[dict[str, Any], str]:
+            log.unlink(missing_ok=True)
+            started = time.perf_counter()
+            proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=3600)
+            wall = time.perf_counter() - started
+            output = proc.stdout + proc.stderr
+            statuses = dict((job, status) for status, job in re.findall(r"^\s*(PASS|FAIL|WARN)\s+(\S+)", output, re.M))
+            if proc.returncode != 0 or not fake.mr_notes() or "FAIL" in statuses.values():
+                raise RuntimeError(f"{mode} pipeline failed ({proc.returncode}, {statuses}):\n{output[-4000:]}")
+            parts = _split(log)
+            return {
+                "mode": mode, "push_to_note_seconds": wall, **{f"{k}_seconds": v for k, v in parts.items()},
+                "other_seconds": wall - sum(parts.values()), "jobs": statuses,
+            }, output
+
+        result, _ = pipeline()
+        if docs_only_push:
+            readme = repo / "README.md"
+            readme.write_text(readme.read_text() + "\nA docs-only change.\n")
+            subprocess.run(["git", "commit", "-qam", "docs only"], cwd=repo, check=True, capture_output=True)
+            second, output = pipeline()
+            body = fake.mr_notes()[0]["body"]
+            return {**second, "first": result, "note_says_reused": "Inputs unchanged since run" in body,
+                    **{f"{stage}_reused": f"{stage}: inputs unchanged since run" in output
+                       for stage in ("train", "evaluate")}}
         if mode != "preinstalled":
             train_venv = work / "venvs" / "train"
             result["job_venv_mb"] = _venv_mb(train_venv)
@@ -163,16 +182,24 @@ def run_mode(mode: str, quick: bool) -> dict[str, Any]:
         return result
 
 
-def run(quick: bool = False, modes: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Every mode, one after the other; the pip cache is warmed first (untimed)."""
+def run(quick: bool = False, modes: tuple[str, ...] | None = None, unchanged: str | None = "preinstalled") -> dict[str, Any]:
+    """Every mode, one after the other; the pip cache is warmed first (untimed).
+
+    ``unchanged`` (a mode, or None to skip): also run that mode's pipeline twice, the second
+    after a docs-only push, for the "training inputs unchanged" figure (reuse). "preinstalled"
+    is the ci image's case (dependencies baked in); an install mode adds its installs.
+    """
     modes = modes or (("preinstalled", "slim") if quick else MODES)
-    warm = {spec: warm_pip_cache(spec) for mode, spec in SPECS.items() if mode in modes}
-    return {
+    warm = {spec: warm_pip_cache(spec) for mode, spec in SPECS.items() if mode in modes or mode == unchanged}
+    out: dict[str, Any] = {
         "quick": quick, "profile": "tiny (limit 1000, 1 epoch, mlp)" if quick else "ci",
         "cpu_count": os.cpu_count(), "pip_cache_warmup_seconds": warm,
         "pip_cache_mb": _venv_mb(PIP_CACHE) if PIP_CACHE.exists() else 0.0,
         "modes": {mode: run_mode(mode, quick) for mode in modes},
     }
+    if unchanged:
+        out["unchanged"] = run_mode(unchanged, quick, docs_only_push=True)
+    return out
 
 
 def table(r: dict[str, Any]) -> str:
@@ -188,6 +215,13 @@ def table(r: dict[str, Any]) -> str:
         venv = f"{m['job_venv_mb'] / 1024:5.2f} GB" if "job_venv_mb" in m else "-"
         lines.append(f"  {mode:<13} {wall:8.0f} s {cells[0]:>8} {cells[1]:>7} {cells[2]:>9} {cells[3]:>7} {cells[4]:>7}"
                      f" {venv:>8}  {share}")
+    u = r.get("unchanged")
+    if u:
+        first, reused = u["first"], "train and evaluate reused" if u["train_reused"] and u["evaluate_reused"] else \
+            "NOT reused (train {train_reused}, evaluate {evaluate_reused})".format(**u)
+        lines.append(f"  unchanged inputs ({u['mode']}; docs-only push after a first pipeline): push->note "
+                     f"{u['push_to_note_seconds']:.0f} s (train {u['train_seconds']:.0f} s, evaluate "
+                     f"{u['evaluate_seconds']:.0f} s) vs {first['push_to_note_seconds']:.0f} s for the first; {reused}")
     slim = r["modes"].get("slim", {})
     if slim.get("dashboard_without_extra"):
         lines.append(f"  slim install, `digitops dashboard`: {slim['dashboard_without_extra']}")
@@ -198,5 +232,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny training, preinstalled and slim only")
     ap.add_argument("--modes", help=f"comma-separated, of {','.join(MODES)}")
+    ap.add_argument("--unchanged", default="preinstalled",
+                    help="mode of the docs-only second pipeline (reuse figure); 'none' skips it")
     ns = ap.parse_args()
-    print(table(run(ns.quick, tuple(ns.modes.split(",")) if ns.modes else None)))
+    modes = tuple(ns.modes.split(",")) if ns.modes else None
+    print(table(run(ns.quick, modes, None if ns.unchanged == "none" else ns.unchanged)))

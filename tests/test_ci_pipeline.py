@@ -216,14 +216,25 @@ def test_merge_request_then_main_pipeline(gcl, repo: Path, fake: FakeGitLab) -> 
     assert (artifacts / "train" / "notebooks-out" / "train.ipynb").is_file()
     assert fake.token not in log
 
-    # 2. A second push: a new pipeline edits the same note (gate failing, warn-only mode).
+    # 2. A second push that changes only the README: a new pipeline edits the same note (gate failing,
+    # warn-only mode). Training's and evaluation's inputs are unchanged, so both reuse pipeline 1's run,
+    # found in the store and run folders GitLab's cache (keyed on the branch) carried over.
+    cached = repo / ".gitlab-ci-local" / "cache" / "runs-main"
+    assert (cached / "runs" / run_id / "model.keras").is_file() and (cached / ".digitops" / "tracking.db").is_file()
+    readme = repo / "README.md"
+    readme.write_text(readme.read_text() + "\nA docs-only change.\n")
+    subprocess.run(["git", "commit", "-qam", "docs only"], cwd=repo, check=True, capture_output=True)
     rc, log, status = pipeline(*mr_args(DIGITOPS_GATE="warn"))
     assert rc == 0, tail(log)
     assert status == {"ci-image": "PASS", "train": "PASS", "evaluate": "PASS", "report": "WARN"}, tail(log)
+    for stage in ("train", "evaluate"):
+        assert f"{stage}: inputs unchanged since run {run_id}; reused" in log, tail(log)
+    assert "Executing:" not in log  # no notebook ran: papermill's progress bar never appeared
     ids2 = dotenv(repo, "evaluate")
     notes = fake.mr_notes()
     assert len(notes) == 1 and notes[0]["id"] == note_id
     assert "Candidate fails the gate" in notes[0]["body"]
+    assert f"Inputs unchanged since run {run_id}; reused (not trained or evaluated again)." in notes[0]["body"]
     assert f"/-/jobs/{ids2['TRAIN_JOB_ID']}/artifacts/file/runs/{ids2['RUN_ID']}/train.html" in notes[0]["body"]
     assert ids2["RUN_ID"] != run_id
 
