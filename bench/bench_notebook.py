@@ -85,12 +85,12 @@ def run(repeats: int = 3, epochs: int = 2, limit: int = 0, architecture: str = "
         env.pop("COMET_API_KEY", None)
         script = [sys.executable, str(ROOT / "bench" / "train_script.py"), "--architecture", architecture,
                   "--epochs", str(epochs), "--limit", str(limit)]
-        notebook = [sys.executable, "-m", "digitops", "run", "train", "-p", "architecture", architecture,
+        notebook = [sys.executable, "-m", "digitops", "run", "train", "--force", "-p", "architecture", architecture,
                     "-p", "epochs", str(epochs), "-p", "limit", str(limit)]
         # Untimed warm-up of both paths (page cache, compiled bytecode), on a tiny subset.
         _timed([sys.executable, str(ROOT / "bench" / "train_script.py"), "--architecture", architecture,
                 "--epochs", "1", "--limit", "1000", "--out", str(work / "warmup")], env, work)
-        _timed([sys.executable, "-m", "digitops", "run", "train", "-p", "architecture", architecture,
+        _timed([sys.executable, "-m", "digitops", "run", "train", "--force", "-p", "architecture", architecture,
                 "-p", "epochs", "1", "-p", "limit", "1000"], env, work)
         plain, papermill, notebook_train = [], [], []
         for i in range(repeats):

@@ -24,7 +24,8 @@ def _train(workdir: Path, *root_args: str, env_extra: dict[str, str] | None = No
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", quiet.ENV_LOG_LEVEL)}
     env.update(env_extra or {})
     proc = subprocess.run(
-        [sys.executable, "-m", "digitops", *root_args, "run", "train", *TINY],
+        # --force: repeated with the same inputs, the run would be reused and no kernel would start.
+        [sys.executable, "-m", "digitops", *root_args, "run", "train", "--force", *TINY],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
