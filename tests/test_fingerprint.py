@@ -104,10 +104,16 @@ def _run(t: SqliteTracker, run_id: str, fp: str, status: str, project: str | Non
             con.execute("UPDATE runs SET status = 'abandoned' WHERE run_id = ?", (run_id,))
 
 
-@pytest.mark.parametrize("lookup", ["sqlite", "default"])
+@pytest.mark.parametrize("lookup", ["sqlite", "default", "comet"])
 def test_find_reusable_returns_the_newest_finished_match_only(workdir: Path, lookup: str) -> None:
+    from digitops.comet.tracker import CometTracker
+
     t = SqliteTracker()
-    find = t.find_reusable if lookup == "sqlite" else (lambda *a, **k: Tracker.find_reusable(t, *a, **k))
+    find = {
+        "sqlite": t.find_reusable,
+        "default": lambda *a, **k: Tracker.find_reusable(t, *a, **k),  # what a store without its own does
+        "comet": CometTracker(local=t).find_reusable,  # its embedded store: where the run folders are known
+    }[lookup]
     assert find("f1") is None
     _run(t, "old", "f1", FINISHED)
     _run(t, "new", "f1", FINISHED)
