@@ -167,6 +167,7 @@ def run_mode(mode: str, quick: bool, docs_only_push: bool = False) -> dict[str, 
             readme = repo / "README.md"
             readme.write_text(readme.read_text() + "\nA docs-only change.\n")
             subprocess.run(["git", "commit", "-qam", "docs only"], cwd=repo, check=True, capture_output=True)
+            shutil.rmtree(work / "venvs", ignore_errors=True)  # every runner job starts from a clean image again
             second, output = pipeline()
             body = fake.mr_notes()[0]["body"]
             return {**second, "first": result, "note_says_reused": "Inputs unchanged since run" in body,
