@@ -337,3 +337,17 @@ def test_train_exports_the_field_drawings_before_training(jobs: dict[str, dict[s
     export = next(i for i, line in enumerate(script) if "digitops feedback export --if-any" in line)
     assert export < next(i for i, line in enumerate(script) if "digitops run train" in line)
     assert ".digitops" in jobs["train"]["artifacts"]["paths"]
+
+
+def test_model_jobs_carry_the_run_store_between_pipelines(jobs: dict[str, dict[str, Any]]) -> None:
+    """The store and run folders are cached per branch: what lets an unchanged pipeline reuse a run."""
+    config, _ = load_ci(ROOT)
+    default = config["default"]["cache"]
+    for name, policy in (("train", "pull"), ("evaluate", "push")):
+        caches = jobs[name]["cache"]
+        # A job's cache list replaces the default: the default caches must still be there.
+        assert caches[: len(default)] == default, name
+        (store,) = caches[len(default):]
+        assert store["paths"] == [".digitops", "runs"] and store["policy"] == policy, name
+        assert store["key"] == "runs-$CI_COMMIT_REF_SLUG" and store["fallback_keys"] == ["runs-$CI_DEFAULT_BRANCH"]
+    assert "cache" not in jobs["report"] or jobs["report"]["cache"] == default
