@@ -148,3 +148,13 @@ def test_store_upgrade_indexes_tags(tmp_path: Path) -> None:
         plan = " ".join(str(r) for r in con.execute(
             "EXPLAIN QUERY PLAN SELECT run_id FROM tags WHERE key = 'digitops.fingerprint' AND value = 'f1'"))
     assert "tags_by_value" in plan
+
+
+def test_comet_gets_the_fingerprint_digest_not_its_parts() -> None:
+    from digitops.comet.state import snapshot
+    from digitops.tracking import RunRecord
+
+    fp = fingerprint.for_train(TRAIN_NB, {})
+    rec = RunRecord("r", "digitops", status=FINISHED,
+                    tags={**fp.tags(), "digitops.reused_from": "r0", "stage": "train"})
+    assert snapshot(rec).tags == ["digitops.fingerprint:" + fp.digest, "digitops.reused_from:r0"]

@@ -50,6 +50,9 @@ KEY_TAG = "comet_experiment_key"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg"}
 #: Local tags not copied to Comet: they change from stage to stage of one run.
 LOCAL_ONLY_TAGS = {"stage", "job_id"}
+#: Prefixes of local tags not copied either: a fingerprint's parts (its digest goes to Comet; the
+#: parts only explain locally, in `digitops runs show`, why a run was not reused).
+LOCAL_ONLY_PREFIXES = ("digitops.fingerprint.", "digitops.eval_fingerprint.")
 #: Files of the run folder mirrored even when not logged as artifacts (the model, metrics.json
 #: with the confusion matrix).
 RUN_FOLDER_FILES = ("model.keras", "metrics.json")
@@ -145,7 +148,7 @@ def snapshot(rec: RunRecord) -> Snapshot:
     if rec.git_commit:
         tags.append(f"git:{rec.git_commit[:12]}")
     for key, value in sorted(rec.tags.items()):
-        if not key.startswith("comet_") and key not in LOCAL_ONLY_TAGS and value:
+        if not key.startswith(("comet_", *LOCAL_ONLY_PREFIXES)) and key not in LOCAL_ONLY_TAGS and value:
             tags.append(f"{key}:{value}"[:100])
     others = {"digitops_run_id": rec.run_id, "digitops_status": rec.status, "digitops_project": rec.project}
     if rec.data_checksum:
