@@ -183,7 +183,9 @@ def run_mode(mode: str, quick: bool, docs_only_push: bool = False) -> dict[str, 
         return result
 
 
-def run(quick: bool = False, modes: tuple[str, ...] | None = None, unchanged: str | None = "preinstalled") -> dict[str, Any]:
+def run(
+    quick: bool = False, modes: tuple[str, ...] | None = None, unchanged: str | None = "preinstalled"
+) -> dict[str, Any]:
     """Every mode, one after the other; the pip cache is warmed first (untimed).
 
     ``unchanged`` (a mode, or None to skip): also run that mode's pipeline twice, the second

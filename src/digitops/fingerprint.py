@@ -90,13 +90,12 @@ def resolved_params(stage: str, notebook: str | os.PathLike, checked: Mapping[st
     """The notebook's declared defaults overlaid with ``checked`` (validated values), less path parameters."""
     from digitops import params as params_mod
 
+    # Validation already widened ints given for float parameters, so 2 and 2.0 hash alike.
     out = {name: decl.default for name, decl in params_mod.declared(notebook).items()}
     out.update(checked)
     for name in NOT_INPUTS[stage]:
         out.pop(name, None)
-    # A float-typed parameter given as 2 and as 2.0 is the same input.
-    return {k: float(v) if isinstance(v, int) and not isinstance(v, bool) and isinstance(out.get(k), float) else v
-            for k, v in out.items()}
+    return out
 
 
 @functools.lru_cache(maxsize=None)
