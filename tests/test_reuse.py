@@ -213,3 +213,18 @@ def test_report_and_note_say_reused(earlier: str, no_kernel: None, tmp_path: Pat
     assert said in (tmp_path / "report" / "report.html").read_text()
     shown = CliRunner().invoke(cli, ["runs", "show", train.run_id])
     assert f"reuse:    train: inputs unchanged since run {earlier}; reused" in shown.output
+
+
+def test_outputs_list_pointing_outside_the_run_folder_is_refused(earlier: str, no_kernel: None,
+                                                                 tmp_path: Path) -> None:
+    import json
+
+    metrics = Path("runs") / earlier / "metrics.json"
+    content = json.loads(metrics.read_text())
+    content["outputs"]["train"]["files"].append("../../outside.txt")
+    metrics.write_text(json.dumps(content))
+    (tmp_path / "outside.txt").write_text("not a run's file")
+    result = _executed("train", TINY)
+    assert result.reuse_reason == (f"run {earlier} has the same inputs but is not reused: its metrics.json lists "
+                                   "files outside its folder: '../../outside.txt'")
+

@@ -88,6 +88,9 @@ def unusable(run: RunRecord, stage: str) -> str | None:
     files = list(outputs.get("files") or ())
     if not files:
         return f"its folder does not list what {stage} wrote"
+    odd = [name for name in files if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..")]
+    if odd:  # only plain names in the run folder are ever copied: a list pointing elsewhere is refused
+        return f"its {runs.METRICS_FILE} lists files outside its folder: {', '.join(map(repr, odd[:3]))}"
     missing = [name for name in files if not (folder / name).is_file()]
     if missing:
         return f"{', '.join(missing)} missing from {folder}"
