@@ -228,3 +228,14 @@ def test_outputs_list_pointing_outside_the_run_folder_is_refused(earlier: str, n
     assert result.reuse_reason == (f"run {earlier} has the same inputs but is not reused: its metrics.json lists "
                                    "files outside its folder: '../../outside.txt'")
 
+
+def test_pipeline_reuses_only_when_asked(earlier: str, no_kernel: None) -> None:
+    args = ["pipeline", "--no-register", *[a for k, v in TINY.items() for a in ("-p", k, str(v))]]
+    trained = CliRunner().invoke(cli, args)
+    assert trained.exit_code == 1 and "a kernel was started" in trained.output, trained.output
+    assert "digitops.reused_from" not in get_tracker().list_runs(limit=1)[0].tags
+    # With --reuse training is reused; the pipeline evaluates all 10,000 test images, which the
+    # earlier run did not, so the evaluation runs (and the refused kernel fails it).
+    reused = CliRunner().invoke(cli, [*args, "--reuse"])
+    assert reused.exit_code == 1 and f"train: inputs unchanged since run {earlier}; reused" in reused.output
+    assert get_tracker().list_runs(limit=1)[0].tags["digitops.reused_from"] == earlier

@@ -91,13 +91,17 @@ def run_pipeline(
                                reuse=reuse),
     )
     run_id, folder = trained.run_id, trained.folder
-    timed(
+    if trained.reused_from:
+        echo(f"train: {trained.reuse_reason}")
+    evaluated = timed(
         "evaluate",
         lambda: runner.execute(
             "evaluate", dict(evaluate_params or {}), run_id=run_id, progress=progress, log_output=log_output,
             kernel_env=kernel_env, reuse=reuse,
         ),
     )
+    if evaluated.reused_from:
+        echo(f"evaluate: {evaluated.reuse_reason}")
     tracker, registry = get_tracker(), get_registry()
     comparison = timed(
         "compare",

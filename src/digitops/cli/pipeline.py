@@ -25,10 +25,12 @@ from digitops.errors import EXIT_FAILED
 @click.option("--no-register", is_flag=True, help="Stop after the report.")
 @click.option("--base-url", help="Absolute URL of the run folder, for links in the report (CI sets this).")
 @click.option("-v", "--log-output", is_flag=True, help="Stream the notebooks' output here.")
+@click.option("--reuse", is_flag=True,
+              help="Reuse training/evaluation of a finished run with the same inputs (as `digitops run` does).")
 def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], profile: str, metric: str,
                  floor: str | None, tolerance: float | None, lower_is_better: bool, model_name: str | None,
                  allow_unjudged: bool, promote: bool, no_auto_promote: bool, no_register: bool, base_url: str | None,
-                 log_output: bool) -> None:
+                 log_output: bool, reuse: bool) -> None:
     """Train -> evaluate -> compare -> report -> register (as staging) [-> promote].
 
     When the registry has no production version yet, the registered version is
@@ -55,7 +57,7 @@ def pipeline_cmd(files: tuple[Path, ...], pairs: tuple[tuple[str, str], ...], pr
     result = run_pipeline(
         parameters, gate=gate, metric=metric, model_name=model_name, register=not no_register, promote=promote,
         auto_promote=not no_auto_promote, base_url=base_url, log_output=log_output,
-        echo=lambda m: click.secho(m, bold=True), allow_unjudged=allow_unjudged,
+        echo=lambda m: click.secho(m, bold=True), allow_unjudged=allow_unjudged, reuse=reuse,
     )
 
     c = result.comparison
