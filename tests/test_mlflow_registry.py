@@ -115,17 +115,17 @@ def test_an_interrupted_promotion_leaves_the_latest_promoted_in_production(mlflo
     reg, name = MlflowRegistry(), _name()
     reg.register(name, _model(tmp_path, 1), "run-1")
     reg.register(name, _model(tmp_path, 2), "run-2")
-    reg.promote(name, "0.1.0")
-    # A promotion of 0.2.0 that stopped after its first write (0.1.0 not archived yet).
+    reg.promote(name, "0.2.0")
+    # A promotion back to 0.1.0 that stopped after its first write (0.2.0 not archived yet).
     run_of = {v.version: next(t.split(":", 1)[1] for t in v.tags if t.startswith("mlflow-run:"))
               for v in reg.list_versions(name)}
-    MlflowRest().call("POST", "runs/log-batch", {"run_id": run_of["0.2.0"], "tags": [
+    MlflowRest().call("POST", "runs/log-batch", {"run_id": run_of["0.1.0"], "tags": [
         {"key": "digitops.status", "value": "production"},
         {"key": "digitops.promoted_at", "value": "2999-01-01T00:00:00.000000Z"}]})
-    assert reg.production_reference(name).version == "0.2.0"
+    assert reg.production_reference(name).version == "0.1.0"
     assert "2 versions of" in capsys.readouterr().err
-    reg.promote(name, "0.2.0")  # settles it
-    assert [v.version for v in reg.list_versions(name) if v.status == "production"] == ["0.2.0"]
+    reg.promote(name, "0.1.0")  # settles it
+    assert [v.version for v in reg.list_versions(name) if v.status == "production"] == ["0.1.0"]
 
 
 def test_download_is_byte_identical_and_a_tampered_artifact_is_refused(mlflow_guard, mlflow_server, tmp_path: Path) -> None:
@@ -198,9 +198,9 @@ def test_a_create_saved_then_answered_503_is_not_numbered_twice(mlflow_guard, tm
 
 def test_sync_after_a_lost_answer_finishes_the_same_version(mlflow_guard, tmp_path: Path) -> None:
     reg, name = MlflowRegistry(), _name()
-    # Saved, then the server went away before anything else: kept pending locally.
+    # Saved (its answer lost), then the server failed before the file was uploaded: kept pending.
     mlflow_guard.fail("model-versions/create", status=503, saved=True)
-    mlflow_guard.fail("registered-models/get-latest-versions", status=503, times=20)
+    mlflow_guard.fail("runs/get", status=503, times=20)
     assert reg.register(name, _model(tmp_path, 1), "run-1").version == "pending-1"
     mlflow_guard.reset(token=DUMMY_TOKEN)
     assert sync_registrations() == ["model %s: pending-1 registered in MLflow as 0.1.0 (staging)" % name]
