@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mlflow_fixtures import DUMMY_TOKEN  # noqa: E402
 from store_helpers import keras_model_file  # noqa: E402
 
-from digitops.errors import RegistryError  # noqa: E402
+from digitops.errors import ChecksumError, RegistryError  # noqa: E402
 from digitops.mlflow.registry import MlflowRegistry, pending_registrations, sync_registrations  # noqa: E402
 from digitops.mlflow.rest import MlflowRefused, MlflowRest  # noqa: E402
 from digitops.registry.base import sha256_file  # noqa: E402
@@ -229,3 +229,83 @@ def test_gate_cannot_judge_when_the_registry_is_down(mlflow_guard, tmp_path: Pat
     result = CliRunner().invoke(cli, ["compare", "cand"])
     assert result.exit_code == 2 and "cannot judge" in result.output
     _no_token_anywhere(tmp_path, result.output, json.dumps(c.unjudged_reason))
+
+
+def test_the_dashboard_loader_serves_the_production_version_from_mlflow(mlflow_guard, tmp_path: Path) -> None:
+    from digitops.dashboard import loader
+
+    reg, name = MlflowRegistry(), _name()
+    reg.register(name, _model(tmp_path, 1), "run-1")
+    src = _model(tmp_path, 2)
+    reg.register(name, src, "run-2")
+    reg.promote(name, "0.2.0")
+    loaded = loader.load()  # the registry from the environment, as the dashboard does
+    assert loaded.version.version == "0.2.0" and loaded.path.read_bytes() == src.read_bytes()
+    assert loaded.path.is_relative_to(tmp_path / ".digitops" / "model-cache")
+    # A corrupted cache is refused, never served.
+    loaded.path.write_bytes(_model(tmp_path, 3).read_bytes())
+    with pytest.raises(ChecksumError, match="SHA256"):
+        loader.fetch(loaded.version)
+    _no_token_anywhere(tmp_path)
+
+
+class GitLabShapedRest(MlflowRest):
+    """The real server's registry answers reshaped as GitLab's MLflow API gives them.
+
+    From GitLab's API entities: ``model-versions/create`` ignores ``run_id`` and
+    ``source`` and makes a candidate of its own (``run_id``); ``version`` is the
+    version's database id, ``aliases`` holds the SemVer, ``source`` is the version's
+    page; get and update take the SemVer; a taken ``gitlab.version`` is refused (400).
+    """
+
+    def __init__(self, *, steal_first: bool = False) -> None:
+        super().__init__()
+        self.ids: dict[str, str] = {}  # SemVer -> the real server's version
+        self.steal_first = steal_first
+
+    def _shape(self, mv: dict) -> dict:
+        semver = {t["key"]: t["value"] for t in mv.get("tags") or []}.get("gitlab.version", "")
+        self.ids[semver] = mv["version"]
+        page = 1000 + int(mv["version"])
+        return {**mv, "version": str(page), "aliases": [semver],
+                "source": f"https://gitlab.example.com/g/p/-/ml/models/7/versions/{page}"}
+
+    def call(self, method: str, endpoint: str, payload: dict | None = None) -> dict:
+        payload = dict(payload or {})
+        if endpoint == "model-versions/create":
+            semver = {t["key"]: t["value"] for t in payload.get("tags") or []}["gitlab.version"]
+            if self.steal_first:  # another pipeline takes this number just before us
+                self.steal_first = False
+                self.call("POST", endpoint, {"name": payload["name"], "tags": [{"key": "gitlab.version", "value": semver}]})
+            if semver in self.ids:
+                raise MlflowRefused("Version has already been taken", status=400, error_code="INVALID_PARAMETER_VALUE")
+            exp = self.experiment_id("[model]" + payload["name"])
+            candidate = super().call("POST", "runs/create", {"experiment_id": exp})["run"]["info"]
+            payload.update(run_id=candidate["run_id"], source=candidate["artifact_uri"])
+            return {"model_version": self._shape(super().call(method, endpoint, payload)["model_version"])}
+        if endpoint in ("model-versions/get", "model-versions/update"):
+            payload["version"] = self.ids[payload["version"]]
+            return {"model_version": self._shape(super().call(method, endpoint, payload)["model_version"])}
+        if endpoint == "registered-models/get-latest-versions":
+            answer = super().call(method, endpoint, payload)
+            return {"model_versions": [self._shape(mv) for mv in answer.get("model_versions") or []]}
+        return super().call(method, endpoint, payload)
+
+
+def test_gitlab_shaped_answers_use_gitlabs_own_run_and_version_page(mlflow_guard, tmp_path: Path) -> None:
+    name = _name()
+    rest = GitLabShapedRest(steal_first=True)
+    reg = MlflowRegistry(rest)
+    src = _model(tmp_path, 1)
+    mv = reg.register(name, src, "run-1")
+    # 0.1.0 was taken by another pipeline between reading and creating: the next number, not a clash.
+    assert mv.version == "0.2.0"
+    assert mv.url == f"https://gitlab.example.com/g/p/-/ml/models/7/versions/{1000 + int(rest.ids['0.2.0'])}"
+    # The version's run is the candidate GitLab made; the one digitops created first is gone.
+    runs = list(rest.search_runs(rest.experiment_id("[model]" + name)))
+    tagged = [r for r in runs if any(t["key"] == "digitops.run_id" for t in r["data"].get("tags", []))]
+    assert len(tagged) == 1 and f"mlflow-run:{tagged[0]['info']['run_id']}" in mv.tags
+    reg.promote(name, "0.2.0")
+    assert "(production)" in rest.call("GET", "model-versions/get", {"name": name, "version": "0.2.0"})["model_version"]["description"]
+    assert reg.download(name, tmp_path / "dl").read_bytes() == src.read_bytes()
+    assert reg.register(name, _model(tmp_path, 2), "run-2").version == "0.3.0"
