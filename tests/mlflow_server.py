@@ -148,11 +148,14 @@ class Guard:
         self.url = f"http://127.0.0.1:{self.port}"
         self.refused: list[tuple[str, str, str]] = []
         self.requests: list[tuple[str, str]] = []
+        #: (method, path, decoded JSON body) of every /api/2.0/mlflow/ request with a JSON body
+        self.bodies: list[tuple[str, str, Any]] = []
         self.faults: list[Fault] = []
         self.delay = 0.0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
 
     # -- control -------------------------------------------------------------------------
 
@@ -164,10 +167,17 @@ class Guard:
         class Handler(_Handler):
             owner = guard
 
-        ThreadingHTTPServer.allow_reuse_address = True
+        class Server(ThreadingHTTPServer):
+            allow_reuse_address = True
+
+            def get_request(self) -> Any:
+                conn, addr = super().get_request()
+                guard._conns.add(conn)  # closed by down(): a server that goes away drops kept-alive connections
+                return conn, addr
+
         for _ in range(50):  # the old socket may linger a moment after down()
             try:
-                server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+                server = Server(("127.0.0.1", self.port), Handler)
                 break
             except OSError:
                 time.sleep(0.1)
@@ -185,6 +195,12 @@ class Guard:
         if server is not None:
             server.shutdown()
             server.server_close()
+        for conn in list(self._conns):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._conns.clear()
 
     @property
     def is_up(self) -> bool:
@@ -195,6 +211,7 @@ class Guard:
             self.faults.clear()
             self.refused.clear()
             self.requests.clear()
+            self.bodies.clear()
             self.delay = 0.0
             self.token = token
         self.up()
@@ -209,6 +226,10 @@ class Guard:
 
     def slow(self, seconds: float) -> None:
         self.delay = seconds
+
+    def sent(self, endpoint: str) -> list[Any]:
+        """JSON bodies sent to ``endpoint`` (e.g. ``runs/log-batch``), in order."""
+        return [b for _, p, b in list(self.bodies) if p == API + endpoint]
 
     def count(self, method: str, needle: str) -> int:
         """How many ``method`` requests with ``needle`` in their path were seen."""
@@ -252,6 +273,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass
 
+    def finish(self) -> None:
+        super().finish()
+        self.owner._conns.discard(self.connection)
+
     def _body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             chunks = []
@@ -282,6 +307,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         body = self._body()
         guard.requests.append((method, path))
+        if path.startswith(API) and body:
+            try:
+                guard.bodies.append((method, path, json.loads(body)))
+            except ValueError:
+                pass
         if guard.delay:
             time.sleep(guard.delay)
         refused = guard.verdict(method, path, body, self.headers)
