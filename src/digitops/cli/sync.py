@@ -71,16 +71,13 @@ def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
 
 def _sync_mlflow(run_ids: tuple[str, ...], dry_run: bool) -> None:
     """``digitops sync`` for the MLflow backend: kept runs (the tracker's), then kept registrations."""
-    try:  # TEMP until mlflow-track's tracker is merged
-        from digitops.mlflow import tracker
-    except ImportError:
-        tracker = None
+    from digitops.mlflow import tracker
+    from digitops.mlflow.state import pending_runs
     from digitops.mlflow.registry import pending_registrations, sync_registrations
 
     regs = pending_registrations()
     if dry_run:
-        runs = list(tracker.pending_run_ids()) if tracker is not None and hasattr(tracker, "pending_run_ids") else []
-        runs = [r for r in runs if not run_ids or r in run_ids]
+        runs = [r for r in pending_runs() if not run_ids or r in run_ids]
         for run_id in runs:
             click.echo(f"run {run_id}: kept locally, not in MLflow yet")
         for r in regs:
@@ -88,7 +85,7 @@ def _sync_mlflow(run_ids: tuple[str, ...], dry_run: bool) -> None:
         click.echo(f"{len(runs)} run(s), {len(regs)} registration(s) pending")
         return
     # Runs first: a registration names its run, which should be in the server by then.
-    lines = (list(tracker.sync_pending(run_ids or None)) if tracker is not None else []) + sync_registrations()
+    lines = tracker.sync_pending(run_ids or None) + sync_registrations()
     if not lines:
         click.echo("nothing to sync: no kept runs, no pending registrations")
         return
