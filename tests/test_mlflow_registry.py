@@ -309,3 +309,24 @@ def test_gitlab_shaped_answers_use_gitlabs_own_run_and_version_page(mlflow_guard
     assert "(production)" in rest.call("GET", "model-versions/get", {"name": name, "version": "0.2.0"})["model_version"]["description"]
     assert reg.download(name, tmp_path / "dl").read_bytes() == src.read_bytes()
     assert reg.register(name, _model(tmp_path, 2), "run-2").version == "0.3.0"
+
+
+def test_two_registrations_numbered_at_once_on_an_mlflow_server_end_distinct(mlflow_guard, tmp_path: Path, monkeypatch) -> None:
+    """An MLflow server accepts two versions tagged with the same SemVer (GitLab refuses the second)."""
+    reg, name = MlflowRegistry(), _name()
+    rest = MlflowRest()
+    original = MlflowRegistry._create_version
+
+    def racing(self, item, own, known):  # another registration numbered the same version, earlier
+        mv = original(self, item, own, known)
+        exp = rest.experiment_id("[model]" + name)
+        tags = {"digitops.model": name, "digitops.version": "0.1.0", "digitops.status": "staging",
+                "digitops.run_id": "rival", "digitops.sha256": "0" * 64}
+        rest.call("POST", "runs/create", {"experiment_id": exp, "start_time": 1,
+                                          "tags": [{"key": k, "value": v} for k, v in tags.items()]})
+        return mv
+
+    monkeypatch.setattr(MlflowRegistry, "_create_version", racing)
+    mine = reg.register(name, _model(tmp_path, 1), "run-1")
+    assert mine.version == "0.2.0" and mine.run_id == "run-1"
+    assert [(v.version, v.run_id) for v in reg.list_versions(name)] == [("0.1.0", "rival"), ("0.2.0", "run-1")]

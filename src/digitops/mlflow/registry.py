@@ -417,6 +417,7 @@ class MlflowRegistry(Registry):
         }
         stamp = int(time.time() * 1000)
         self._log(version_run_id, tags, metrics=metrics, stamp=stamp)
+        self._settle_number(name, version_run_id, semver, item.get("bump", "minor"))
         status = item.get("status", STAGING)
         self._log(version_run_id, {T_STATUS: STAGING if status in (PRODUCTION, ARCHIVED) else status})
         self._quietly("POST", "runs/update", {"run_id": version_run_id, "status": "FINISHED", "end_time": stamp})
@@ -425,6 +426,29 @@ class MlflowRegistry(Registry):
             raise RegistryError(f"MLflow did not keep the tags of {name} {semver}")
         self._describe(registered)
         return self._apply_status(registered, status)
+
+    def _settle_number(self, name: str, version_run_id: str, semver: str, bump: str) -> str:
+        """Renumber this version if another registration claimed its SemVer at the same time.
+
+        An MLflow server numbers its own versions and accepts two with the same
+        ``gitlab.version`` (GitLab refuses the second). Each registration writes its
+        number, then looks: of two runs claiming one number the earlier run keeps it
+        (the rule :meth:`_records` reads with), the other takes the next free one.
+        """
+        def order(run: dict[str, Any]) -> tuple[int, str]:
+            return int(run["info"].get("start_time") or 0), _run_id(run)
+
+        for _ in range(5):
+            runs = [r for r in self._runs(name) if _tags(r).get(T_MODEL) == name]
+            mine = next((r for r in runs if _run_id(r) == version_run_id), None)
+            rivals = [r for r in runs if _run_id(r) != version_run_id and _tags(r).get(T_VERSION) == semver]
+            if mine is None or not any(order(r) < order(mine) for r in rivals):
+                return semver
+            taken = [parse_version(v) for v in (_tags(r).get(T_VERSION, "") for r in runs) if VERSION_RE.match(v)]
+            semver = "%d.%d.%d" % next_version(max(taken), bump)
+            _say(f"{name}: another registration took the same version meanwhile; this one becomes {semver}")
+            self._log(version_run_id, {T_VERSION: semver})
+        raise RegistryError(f"could not settle a version number for {name}: too many registrations at once")
 
     def _apply_status(self, mv: ModelVersion, status: str) -> ModelVersion:
         """Registered as ``status`` asked: only a promotion is applied; a retry never undoes one made since."""
