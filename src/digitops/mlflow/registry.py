@@ -32,8 +32,13 @@ through ``promoted_at``. Everything that decides production fails closed: a serv
 that cannot be read raises :class:`~digitops.errors.RegistryError`.
 
 Offline: when the server is unreachable at ``register``, the model is kept under
-``$DIGITOPS_HOME/mlflow/`` as a pending registration shown as ``pending-N``;
-:func:`sync_registrations` (``digitops sync``) registers it later, idempotently.
+``$DIGITOPS_HOME/mlflow/`` as a pending registration shown as ``pending-N``
+(:mod:`digitops.mlflow.pending`); :func:`sync_registrations` (``digitops sync``)
+registers it later, idempotently.
+
+Size (over 400 lines): registration that resumes after a crash or a lost answer at every
+step, numbering that stays unique on GitLab and on an MLflow server, statuses with their
+promotion history, and verified downloads, all expressed in one run's tags.
 """
 
 from __future__ import annotations
@@ -49,12 +54,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from digitops import atomic, config
+from digitops import atomic
 from digitops.errors import RegistryError
+from digitops.mlflow import pending
 from digitops.mlflow.rest import MlflowError, MlflowRefused, MlflowRest, MlflowUnavailable
 from digitops.registry.base import ARCHIVED, PRODUCTION, STAGING, ModelVersion, Registry, sha256_file
-from digitops.registry.versions import VERSION_RE, check_new_version, check_status, current_user, next_version
-from digitops.registry.versions import parse_version
+from digitops.registry.versions import (
+    VERSION_RE,
+    check_new_version,
+    check_status,
+    current_user,
+    next_version,
+    parse_version,
+)
 
 MODEL_FILE = "model.keras"
 EXPERIMENT_PREFIX = "[model]"
@@ -62,7 +74,6 @@ GITLAB_VERSION = "gitlab.version"
 T_MODEL, T_VERSION, T_RUN, T_SHA = "digitops.model", "digitops.version", "digitops.run_id", "digitops.sha256"
 T_STATUS, T_PROMOTED, T_ROLLED_BACK = "digitops.status", "digitops.promoted_at", "digitops.rolled_back"
 T_METRICS, T_BY, T_KEY, T_URL = "digitops.metrics", "digitops.created_by", "digitops.model_version", "digitops.url"
-PENDING_PREFIX = "pending-"
 
 
 class MlflowRegistryUnavailable(RegistryError):
@@ -71,11 +82,6 @@ class MlflowRegistryUnavailable(RegistryError):
 
 def _say(message: str) -> None:
     print(f"mlflow: {message}", file=sys.stderr, flush=True)
-
-
-def _now() -> str:
-    """UTC time that sorts as text (promotion order)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _tags(obj: dict[str, Any]) -> dict[str, str]:
@@ -95,57 +101,6 @@ def _semver_of(mv: dict[str, Any]) -> str | None:
 
 def _run_id(run: dict[str, Any]) -> str:
     return str(run["info"]["run_id"])
-
-
-# -- pending registrations (server unreachable at register) --------------------------------
-
-
-def _state_dir() -> Path:
-    return config.home() / "mlflow"
-
-
-def _pending_file() -> Path:
-    return _state_dir() / "pending-registrations.json"
-
-
-def _synced_file() -> Path:
-    return _state_dir() / "synced-registrations.json"
-
-
-def _read_list(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except ValueError as exc:
-        raise RegistryError(f"corrupt registrations file {path}: {exc}") from exc
-    return list(data) if isinstance(data, list) else []
-
-
-def _write_list(path: Path, items: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(path, items, indent=1)
-
-
-def _lock() -> Any:
-    from filelock import FileLock
-
-    _state_dir().mkdir(parents=True, exist_ok=True)
-    return FileLock(str(_state_dir() / "registrations.lock"), timeout=600)
-
-
-def pending_registrations() -> list[dict[str, Any]]:
-    """Registrations kept locally while the MLflow server was unreachable, oldest first."""
-    return _read_list(_pending_file())
-
-
-def _pending_version(item: dict[str, Any]) -> ModelVersion:
-    return ModelVersion(
-        name=item["name"], version=item["pending_id"], run_id=item["run_id"], sha256=item["sha256"],
-        status=item.get("status", STAGING), metrics=dict(item.get("metrics") or {}),
-        created_by=item.get("created_by", ""), created_at=item.get("at", ""), uri=item["model_path"],
-        tags=["pending: `digitops sync` registers it in MLflow"],
-    )
 
 
 class MlflowRegistry(Registry):
@@ -256,12 +211,12 @@ class MlflowRegistry(Registry):
     def list_versions(self, name: str) -> list[ModelVersion]:
         """All versions of ``name`` in the server, oldest first, then any still pending locally."""
         versions = [mv for mv, _ in self._read(name, "listing versions")]
-        return versions + [_pending_version(i) for i in pending_registrations() if i["name"] == name]
+        return versions + [pending.as_version(i) for i in pending.registrations() if i["name"] == name]
 
     def get_version(self, name: str, version: str) -> ModelVersion:
         """One version (a ``pending-N`` one from the local copy), or :class:`RegistryError` naming the known ones."""
-        if version.startswith(PENDING_PREFIX):
-            return _pending_version(self._pending_item(name, version))
+        if version.startswith(pending.PREFIX):
+            return pending.as_version(pending.find(name, version))
         records = self._read(name, f"reading {name} {version}")
         for mv, _ in records:
             if mv.version == version:
@@ -305,7 +260,7 @@ class MlflowRegistry(Registry):
         try:
             return self._register_online(item, src)
         except MlflowRegistryUnavailable as exc:
-            kept = _keep_pending(item, src)
+            kept = pending.keep(item, src)
             _say(f"{exc}; kept {name} {kept.version} locally (no version number yet); `digitops sync` registers it")
             return kept
 
@@ -494,14 +449,14 @@ class MlflowRegistry(Registry):
     def set_status(self, name: str, version: str, status: str) -> ModelVersion:
         """Set a version's status; production archives the previous production. Refuses when it cannot read."""
         check_status(status)
-        if version.startswith(PENDING_PREFIX):
-            return _set_pending_status(name, version, status)
+        if version.startswith(pending.PREFIX):
+            return pending.set_status(name, version, status)
         records, (mv, run) = self._record(name, version, f"changing the status of {name} {version}")
         try:
             if status == PRODUCTION:
                 if mv.status != PRODUCTION:
                     # Promote first, then archive: a crash in between leaves two, and the newest promotion wins.
-                    self._log(_run_id(run), {T_STATUS: PRODUCTION, T_PROMOTED: _now(), T_ROLLED_BACK: "0"})
+                    self._log(_run_id(run), {T_STATUS: PRODUCTION, T_PROMOTED: pending.now(), T_ROLLED_BACK: "0"})
                 for other, other_run in records:
                     if other.status == PRODUCTION and other.version != version:
                         self._log(_run_id(other_run), {T_STATUS: ARCHIVED})
@@ -558,7 +513,7 @@ class MlflowRegistry(Registry):
         if target.suffix != ".keras" or target.is_dir():
             target = target / MODEL_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
-        if version is not None and version.startswith(PENDING_PREFIX):
+        if version is not None and version.startswith(pending.PREFIX):
             mv = self.get_version(name, version)
             with atomic.replacing(target) as tmp:
                 shutil.copyfile(mv.uri, tmp)
@@ -587,52 +542,15 @@ class MlflowRegistry(Registry):
             self.verify(mv, tmp, "downloaded file")
         return target
 
-    def _pending_item(self, name: str, label: str) -> dict[str, Any]:
-        for item in pending_registrations():
-            if item["name"] == name and item["pending_id"] == label:
-                return item
-        for item in _read_list(_synced_file()):
-            if item["name"] == name and item["pending_id"] == label:
-                raise RegistryError(f"{name} {label} has been registered in MLflow as {item['version']}")
-        raise RegistryError(f"model {name!r} has no pending registration {label!r}")
-
-
-def _keep_pending(item: dict[str, Any], src: Path) -> ModelVersion:
-    """Keep the model and its registration locally as ``pending-N`` (N never reused)."""
-    with _lock():
-        items, synced = pending_registrations(), _read_list(_synced_file())
-        for existing in items:  # the same model kept twice (a retried job) stays one registration
-            if existing["run_id"] == item["run_id"] and existing["sha256"] == item["sha256"] and existing["name"] == item["name"]:
-                return _pending_version(existing)
-        used = [int(str(i.get("pending_id", "")).removeprefix(PENDING_PREFIX) or 0) for i in items + synced] or [0]
-        pending_id = f"{PENDING_PREFIX}{max(used) + 1}"
-        kept = _state_dir() / "pending" / pending_id / MODEL_FILE
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        with atomic.replacing(kept) as tmp:
-            shutil.copyfile(src, tmp)
-            Registry.verify(_pending_version({**item, "pending_id": pending_id, "model_path": str(tmp)}), tmp, "kept copy")
-        entry = {**item, "pending_id": pending_id, "model_path": str(kept.resolve()), "at": _now()}
-        _write_list(_pending_file(), [*items, entry])
-    return _pending_version(entry)
-
-
-def _set_pending_status(name: str, label: str, status: str) -> ModelVersion:
-    """A pending version's status changes locally; sync applies it in MLflow."""
-    with _lock():
-        items = pending_registrations()
-        mine = [i for i in items if i["name"] == name and i["pending_id"] == label]
-        if not mine:
-            MlflowRegistry()._pending_item(name, label)  # raises, saying what became of it
-        mine[0]["status"] = status
-        _write_list(_pending_file(), items)
-    _say(f"{name} {label} is not in MLflow yet; it becomes {status} when `digitops sync` registers it")
-    return _pending_version(mine[0])
+def pending_registrations() -> list[dict[str, Any]]:
+    """Registrations kept locally while the MLflow server was unreachable, oldest first."""
+    return pending.registrations()
 
 
 def sync_registrations() -> list[str]:
     """Register what was kept while the server was unreachable; one line per registration (idempotent)."""
-    with _lock():
-        items = pending_registrations()
+    with pending.lock():
+        items = pending.registrations()
         if not items:
             return []
         registry, lines, left = MlflowRegistry(), [], list(items)
@@ -644,8 +562,8 @@ def sync_registrations() -> list[str]:
                 continue
             lines.append(f"model {item['name']}: {item['pending_id']} registered in MLflow as {mv.version} ({mv.status})")
             # Progress is saved after each one, so an interruption never registers one twice.
-            _write_list(_synced_file(), [*_read_list(_synced_file()), {**item, "version": mv.version}])
+            pending.mark_synced(item, mv.version)
             left.remove(item)
-            _write_list(_pending_file(), left)
+            pending.save(left)
             shutil.rmtree(Path(item["model_path"]).parent, ignore_errors=True)
         return lines
