@@ -262,6 +262,7 @@ class GitLabShapedRest(MlflowRest):
         super().__init__()
         self.ids: dict[str, str] = {}  # SemVer -> the real server's version
         self.steal_first = steal_first
+        self.refuse_runs = False  # refuse runs created by clients in the model's experiment
 
     def _shape(self, mv: dict) -> dict:
         semver = {t["key"]: t["value"] for t in mv.get("tags") or []}.get("gitlab.version", "")
@@ -272,6 +273,9 @@ class GitLabShapedRest(MlflowRest):
 
     def call(self, method: str, endpoint: str, payload: dict | None = None) -> dict:
         payload = dict(payload or {})
+        if endpoint == "runs/create" and self.refuse_runs:
+            raise MlflowRefused("candidates of a model are created with its versions", status=400,
+                                error_code="INVALID_PARAMETER_VALUE")
         if endpoint == "model-versions/create":
             semver = {t["key"]: t["value"] for t in payload.get("tags") or []}["gitlab.version"]
             if self.steal_first:  # another pipeline takes this number just before us
@@ -309,6 +313,9 @@ def test_gitlab_shaped_answers_use_gitlabs_own_run_and_version_page(mlflow_guard
     assert "(production)" in rest.call("GET", "model-versions/get", {"name": name, "version": "0.2.0"})["model_version"]["description"]
     assert reg.download(name, tmp_path / "dl").read_bytes() == src.read_bytes()
     assert reg.register(name, _model(tmp_path, 2), "run-2").version == "0.3.0"
+    rest.refuse_runs = True  # a GitLab that keeps the model's experiment to itself
+    third = reg.register(name, _model(tmp_path, 3), "run-3")
+    assert third.version == "0.4.0" and reg.download(name, tmp_path / "v4", version="0.4.0").is_file()
 
 
 def test_two_registrations_numbered_at_once_on_an_mlflow_server_end_distinct(mlflow_guard, tmp_path: Path, monkeypatch) -> None:

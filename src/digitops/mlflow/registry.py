@@ -289,10 +289,16 @@ class MlflowRegistry(Registry):
         own: dict[str, Any] | None = mine[0] if mine else None
         if model_version is None:
             if own is None:
-                own = self.rest.call("POST", "runs/create", {
-                    "experiment_id": exp, "start_time": int(time.time() * 1000), "run_name": f"{name}-{run_id}",
-                    "tags": [{"key": k, "value": v} for k, v in {T_MODEL: name, T_RUN: run_id, T_SHA: digest}.items()],
-                })["run"]
+                try:
+                    own = self.rest.call("POST", "runs/create", {
+                        "experiment_id": exp, "start_time": int(time.time() * 1000), "run_name": f"{name}-{run_id}",
+                        "tags": [{"key": k, "value": v} for k, v in {T_MODEL: name, T_RUN: run_id, T_SHA: digest}.items()],
+                    })["run"]
+                except MlflowRefused as exc:
+                    if exc.status >= 500 or exc.status in (401, 403):
+                        raise
+                    # A server that keeps the model's experiment to itself (GitLab may) makes the run anyway.
+                    own = None
             known = {v for v in (_tags(r).get(T_VERSION) for r in runs) if v and VERSION_RE.match(v)}
             model_version = self._create_version(item, own, known)
         version_run_id = str(model_version.get("run_id") or (_run_id(own) if own else ""))
@@ -324,18 +330,21 @@ class MlflowRegistry(Registry):
                 return mv
         return None
 
-    def _create_version(self, item: dict[str, Any], own: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    def _create_version(self, item: dict[str, Any], own: dict[str, Any] | None, known: set[str]) -> dict[str, Any]:
         name, run_id, digest = item["name"], item["run_id"], item["sha256"]
         for attempt in range(3):
             known |= {v for v in (_semver_of(mv) for mv in self._latest(name)) if v}
             latest = max((parse_version(v) for v in known), default=None)
             semver = "%d.%d.%d" % next_version(latest, item.get("bump", "minor"))
             payload = {
-                "name": name, "source": own["info"]["artifact_uri"], "run_id": _run_id(own),
+                # GitLab ignores both; an MLflow server links the version to our run.
+                "name": name, "source": own["info"]["artifact_uri"] if own else f"digitops:{run_id}",
                 "description": f"digitops {semver}: model of run {run_id}, sha256 {digest} (registering)",
                 "tags": [{"key": k, "value": v} for k, v in
                          {GITLAB_VERSION: semver, T_VERSION: semver, T_RUN: run_id, T_SHA: digest}.items()],
             }
+            if own:
+                payload["run_id"] = _run_id(own)
             try:
                 return dict(self.rest.call("POST", "model-versions/create", payload)["model_version"])
             except MlflowUnavailable:
