@@ -172,7 +172,8 @@ def batches(base: Mirror, target: Mirror, t0: int, now: int) -> Iterator[dict[st
     ] + [
         {"key": k, "value": v, "timestamp": now, "step": final_step(target, k)}
         for k, v in sorted(target.metrics.items())
-        if base.metrics.get(k) != v
+        # A final equal to the last epoch's value is already MLflow's latest at that step.
+        if base.metrics.get(k) != v and (target.history.get(k) or [None])[-1] != v
     ]
     while params or tags or metrics:
         take_p = params[:BATCH_PARAMS]
