@@ -440,3 +440,22 @@ def test_real_pipeline_is_mirrored_and_server_killed_midway_is_synced(
     assert {n for n in names if n.endswith(".html")} and "model.keras" in names
     assert run["info"]["status"] == "FINISHED"
     assert_no_token(tmp_path, text=output)
+
+
+def test_find_reusable_filters_on_the_fingerprint_server_side(mlflow_guard: Guard, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker = get_tracker()
+    for run_id, fp, status in [("run-f1", "fp1", "finished"), ("run-f2", "fp1", "finished"),
+                               ("run-f3", "fp1", "failed"), ("run-g", "fp2", "finished")]:
+        tracker.start_run(run_id, tags={"fingerprint": fp}, data_checksum=CHECKSUM)
+        tracker.end_run(run_id, status)
+    before = mlflow_guard.count("POST", "runs/search")
+    found = tracker.find_reusable("fp1")
+    assert found is not None and found.run_id == "run-f2"
+    assert mlflow_guard.count("POST", "runs/search") - before == 1
+    assert "digitops.fingerprint" in mlflow_guard.sent("runs/search")[-1]["filter"]
+    assert tracker.find_reusable("fp-none") is None
+    # Recorded on another machine: the server's record comes back.
+    monkeypatch.setenv("DIGITOPS_HOME", str(Path.cwd() / "elsewhere"))
+    other = get_tracker().find_reusable("fp2")
+    assert other is not None and other.run_id == "run-g" and other.url
+    assert [r.run_id for r in tracker.find_by_tag("digitops.fingerprint", "fp1", finished_only=False)] == ["run-f3", "run-f2", "run-f1"]
