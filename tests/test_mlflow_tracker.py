@@ -110,7 +110,8 @@ def history(server: MlflowServer, mlflow_run_id: str, key: str) -> list[tuple[in
     got = requests.get(
         f"{server.url}/api/2.0/mlflow/metrics/get-history", params={"run_id": mlflow_run_id, "metric_key": key}, timeout=10
     ).json()
-    return sorted((int(m.get("step", 0)), float(m["value"])) for m in got.get("metrics", []))
+    ordered = sorted(got.get("metrics", []), key=lambda m: (int(m.get("step", 0)), int(m["timestamp"])))
+    return [(int(m.get("step", 0)), float(m["value"])) for m in ordered]
 
 
 def assert_complete(server: MlflowServer, run_id: str, tmp_path: Path) -> dict:
@@ -121,17 +122,18 @@ def assert_complete(server: MlflowServer, run_id: str, tmp_path: Path) -> dict:
     params = {p["key"]: p["value"] for p in data.get("params", [])}
     tags = {t["key"]: t["value"] for t in data.get("tags", [])}
     metrics = {m["key"]: m["value"] for m in data.get("metrics", [])}
-    assert params == {k: v if isinstance(v, str) else json.dumps(v) for k, v in local.params.items()}
+    assert params == {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in local.params.items()}
     assert tags["digitops.run_id"] == run_id and tags["digitops.status"] == local.status
-    assert tags["digitops.data_checksum"] == local.data_checksum and tags["mlflow.source.git.commit"] == COMMIT
-    assert tags["mr_iid"] == "7" and tags["pipeline_id"] == "99" and "stage" not in tags
+    assert tags["digitops.data_checksum"] == local.data_checksum and tags["mlflow.source.git.commit"] == local.git_commit
+    assert {k: tags.get(k) for k in ("mr_iid", "pipeline_id")} == {k: local.tags.get(k) for k in ("mr_iid", "pipeline_id")}
+    assert "stage" not in tags
     assert info["status"] == "FINISHED" and info["end_time"] and info["run_name"] == run_id
     for key, values in local.history.items():
         points = history(server, info["run_id"], key)
         steps = [s for s, _ in points]
-        if key in local.metrics:  # a final metric is logged once more, at the last step
+        if key in local.metrics and local.metrics[key] != values[-1]:  # the final, once more at the last step
             assert points[-1] == (len(values) - 1, pytest.approx(local.metrics[key]))
-            points = [p for p in points if p != points[-1] or p[1] == values[-1]]
+            points = points[:-1]
             steps = [s for s, _ in points]
         assert steps == list(range(len(values))), (key, points)
         assert [v for _, v in points] == pytest.approx(values), key
@@ -433,7 +435,27 @@ def test_real_pipeline_is_mirrored_and_server_killed_midway_is_synced(
     lines = sync_pending()
     assert "sent to" in lines[0], lines
     run = assert_complete(server, run_id, tmp_path)
+    assert history(server, run["info"]["run_id"], "loss")  # the epoch's point, step 0
     names = set(MlflowTracker().get_run(run_id).artifacts) | {"model.keras", "metrics.json"}
     assert {n for n in names if n.endswith(".html")} and "model.keras" in names
     assert run["info"]["status"] == "FINISHED"
     assert_no_token(tmp_path, text=output)
+
+
+def test_find_reusable_filters_on_the_fingerprint_server_side(mlflow_guard: Guard, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker = get_tracker()
+    for run_id, fp, status in [("run-f1", "fp1", "finished"), ("run-f2", "fp1", "finished"),
+                               ("run-f3", "fp1", "failed"), ("run-g", "fp2", "finished")]:
+        tracker.start_run(run_id, tags={"fingerprint": fp}, data_checksum=CHECKSUM)
+        tracker.end_run(run_id, status)
+    before = mlflow_guard.count("POST", "runs/search")
+    found = tracker.find_reusable("fp1")
+    assert found is not None and found.run_id == "run-f2"
+    assert mlflow_guard.count("POST", "runs/search") - before == 1
+    assert "digitops.fingerprint" in mlflow_guard.sent("runs/search")[-1]["filter"]
+    assert tracker.find_reusable("fp-none") is None
+    # Recorded on another machine: the server's record comes back.
+    monkeypatch.setenv("DIGITOPS_HOME", str(Path.cwd() / "elsewhere"))
+    other = get_tracker().find_reusable("fp2")
+    assert other is not None and other.run_id == "run-g" and other.url
+    assert [r.run_id for r in tracker.find_by_tag("digitops.fingerprint", "fp1", finished_only=False)] == ["run-f3", "run-f2", "run-f1"]

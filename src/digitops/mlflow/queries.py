@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from digitops.comet.queries import summarise
 from digitops.mlflow.rest import MlflowRefused
-from digitops.mlflow.state import CHECKSUM_TAG, COMMIT_TAG, RUN_TAG, STATUS, STATUS_TAG
+from digitops.mlflow.state import CHECKSUM_TAG, COMMIT_TAG, FINGERPRINT_TAG, RUN_TAG, STATUS, STATUS_TAG
 from digitops.tracking.base import FINISHED, STATUSES, MetricSummary, RunRecord, TrackingError
 
 if TYPE_CHECKING:
@@ -153,3 +153,38 @@ def list_runs(
     except Exception as exc:  # noqa: BLE001 - a malformed answer
         raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {type(exc).__name__}: {exc}") from exc
     return out
+
+
+def find_by_tag(
+    tracker: "MlflowTracker", project: str, key: str, value: str, *, finished_only: bool = True
+) -> list[RunRecord]:
+    """The experiment's runs whose tag ``key`` is ``value`` (finished ones by default), newest first.
+
+    One filtered ``runs/search`` (pages only if many match); the tag is checked again on each row.
+    """
+    from digitops.mlflow.tracker import run_url
+
+    if not _SAFE.match(value):
+        raise TrackingError(f"cannot search for the tag value {value!r}: letters, digits and ._:+- only")
+    parts = [f"{_key('tags', key)} = '{value}'"]
+    if finished_only:
+        parts = finished_filter().split(" and ") + parts
+    out = []
+    try:
+        for run in _runs(tracker, project, " and ".join(parts), order_by=["attributes.start_time DESC"]):
+            tags, info = _tags(run), run.get("info") or {}
+            if tags.get(key) != value or (finished_only and (info.get("status") != "FINISHED" or tags.get(STATUS_TAG) != FINISHED)):
+                continue
+            url = run_url(tracker.client.uri, str(info.get("experiment_id")), str(info.get("run_id")))
+            out.append(record_of(run, project, url))
+    except TrackingError as exc:
+        raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a malformed answer
+        raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {type(exc).__name__}: {exc}") from exc
+    return out
+
+
+def find_reusable(tracker: "MlflowTracker", project: str, fingerprint: str) -> RunRecord | None:
+    """The newest finished run with ``fingerprint`` (tag ``digitops.fingerprint``), or None."""
+    found = find_by_tag(tracker, project, FINGERPRINT_TAG, fingerprint)
+    return found[0] if found else None

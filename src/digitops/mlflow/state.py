@@ -29,6 +29,8 @@ from digitops.tracking.base import ABANDONED, FAILED, FINISHED, RunRecord, Track
 RUN_TAG = "digitops.run_id"
 STATUS_TAG = "digitops.status"
 CHECKSUM_TAG = "digitops.data_checksum"
+#: a run's fingerprint (what it was trained from; local tag ``fingerprint``), for finding a run to reuse
+FINGERPRINT_TAG = "digitops.fingerprint"
 PROJECT_TAG = "digitops.project"
 COMMIT_TAG = "mlflow.source.git.commit"
 #: the local tag that remembers the MLflow run id of a digitops run
@@ -93,6 +95,8 @@ def mirror_of(rec: RunRecord, files: dict[str, str] | None = None, digests: dict
     tags.update({RUN_TAG: rec.run_id, STATUS_TAG: rec.status, PROJECT_TAG: rec.project, "mlflow.runName": rec.run_id})
     if rec.data_checksum:
         tags[CHECKSUM_TAG] = rec.data_checksum
+    if rec.tags.get("fingerprint"):
+        tags[FINGERPRINT_TAG] = str(rec.tags["fingerprint"])
     if rec.git_commit:
         tags[COMMIT_TAG] = rec.git_commit
     if config.env("GITLAB_CI") and os.environ.get("CI_JOB_ID"):
@@ -172,7 +176,8 @@ def batches(base: Mirror, target: Mirror, t0: int, now: int) -> Iterator[dict[st
     ] + [
         {"key": k, "value": v, "timestamp": now, "step": final_step(target, k)}
         for k, v in sorted(target.metrics.items())
-        if base.metrics.get(k) != v
+        # A final equal to the last epoch's value is already MLflow's latest at that step.
+        if base.metrics.get(k) != v and (target.history.get(k) or [None])[-1] != v
     ]
     while params or tags or metrics:
         take_p = params[:BATCH_PARAMS]

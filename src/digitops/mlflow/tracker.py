@@ -287,6 +287,27 @@ class MlflowTracker(LocalFirst):
 
         return list_runs(self, project or config.project_name(), status=status, limit=limit)
 
+    def find_by_tag(self, key: str, value: str, project: str | None = None, finished_only: bool = True) -> list[RunRecord]:
+        """Runs in the server whose tag ``key`` is ``value``, newest first (server-side filter)."""
+        from digitops.mlflow.queries import find_by_tag
+
+        return find_by_tag(self, project or config.project_name(), key, value, finished_only=finished_only)
+
+    def find_reusable(self, fingerprint: str, project: str | None = None) -> RunRecord | None:
+        """The newest finished run in the server with this fingerprint (tag ``digitops.fingerprint``), or None.
+
+        The local record is returned when this machine has it (it knows the run's files).
+        """
+        from digitops.mlflow.queries import find_reusable
+
+        found = find_reusable(self, project or config.project_name(), fingerprint)
+        if found is None:
+            return None
+        try:
+            return self.local.get_run(found.run_id)
+        except TrackingError:
+            return found
+
     def metric_summary(
         self,
         metric: str,
