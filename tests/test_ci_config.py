@@ -347,7 +347,8 @@ def test_backend_is_the_projects_variable_and_no_job_hard_codes_one(jobs: dict[s
     backend_vars = re.compile(r"^(DIGITOPS_BACKEND|MLFLOW_\w+|COMET_\w+)$")
     for name, job in jobs.items():
         assert not [v for v in job.get("variables") or {} if backend_vars.match(v)], name
-        script = "\n".join(str(line) for line in _as_list(job.get("script")))
+        # (the test job unsets the backend variables: naming them there is the opposite of using them)
+        script = "\n".join(str(line) for line in _as_list(job.get("script")) if not str(line).startswith("unset "))
         assert "comet" not in script.lower(), f"job {name!r} names Comet in its script"
         assert "--offline" not in script, name
     # GitLab's own endpoint from CI's predefined variables and the token the MR note already uses.
@@ -358,6 +359,15 @@ def test_backend_is_the_projects_variable_and_no_job_hard_codes_one(jobs: dict[s
          "GITLAB_TOKEN": "t"}
     )
     assert (uri, token) == ("https://gitlab.example.com/api/v4/projects/42/ml/mlflow", "t")
+
+
+def test_the_test_job_never_uses_the_projects_backend(jobs: dict[str, dict[str, Any]]) -> None:
+    script = jobs["tests"]["script"]
+    (unset,) = [i for i, line in enumerate(script) if line.startswith("unset ")]
+    (pytest_line,) = [i for i, line in enumerate(script) if "pytest" in line]
+    assert unset < pytest_line
+    assert set(script[unset].split()[1:]) >= {"DIGITOPS_BACKEND", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN",
+                                              "COMET_API_KEY"}
 
 
 def _run_sh(script: str, tmp_path: Path, **env: str) -> tuple[int, str]:
