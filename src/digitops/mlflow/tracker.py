@@ -128,6 +128,8 @@ class MlflowTracker(LocalFirst):
         super().__init__(local)
         self._client = client
         self._experiments: dict[str, str] = {}
+        #: recent filtered reads (see digitops.mlflow.queries.MEMO_S)
+        self.memo: dict[Any, Any] = {}
 
     @property
     def client(self) -> MlflowRest:
@@ -156,6 +158,7 @@ class MlflowTracker(LocalFirst):
     def sync_run(self, run_id: str) -> SyncOutcome:
         """Bring the MLflow run up to date with the local record; pending (never raising) when it cannot."""
         start = time.monotonic()
+        self.memo.clear()  # what this tracker read before may no longer be what the server holds
         with run_lock(run_id):
             rec = self.local.get_run(run_id)
             try:
