@@ -30,13 +30,14 @@ import json
 import os
 import random
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from bench_compare import _median_seconds as _median  # bench/ is on sys.path (script dir or bench/run.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 10_000
@@ -44,15 +45,6 @@ QUICK_RUNS = 1_000
 TARGET_S = 2.0
 CHECKSUM = "0123456789abcdef" * 4
 EXPERIMENT = "bench-mlflow"
-
-
-def _median(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def seed(db: Path, artifacts: Path, n: int, seed_: int = 0) -> float:

@@ -59,8 +59,8 @@ from digitops.tracking.sqlite import SqliteTracker
 #: Set by the process that starts a run (the runner) to its pid: the notebook kernels it
 #: launches inherit it and leave the mirror to it, so they never talk to the server.
 OWNER_ENV = "DIGITOPS_MLFLOW_OWNER"
-#: per request; the server is asked again at most RETRIES times where that is safe (see rest.py)
-TIMEOUT, RETRIES = 10.0, 3
+#: per request (a loaded server took 14 s for a page of 1,000 runs); asked again at most RETRIES times where safe (rest.py)
+TIMEOUT, RETRIES = 30.0, 3
 _GITLAB = re.compile(r"^(?P<host>https?://[^/]+(?:/.*?)?)/api/v4/projects/(?P<project>[^/]+)/ml/mlflow$")
 
 
