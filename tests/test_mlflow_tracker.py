@@ -338,6 +338,10 @@ def test_compare_reads_history_through_the_server(mlflow_guard: Guard, tmp_path:
     row = result.rows[0]
     assert (row.count, row.best_run_id) == (2, "run-b") and result.verdict == PASS
     assert tracker.metric_summary("test_accuracy", project="no-such-project").count == 0
+    # One filtered read serves every metric of a comparison (four here), not one read per metric.
+    before = mlflow_guard.count("POST", "runs/search")
+    again = compare("run-cand", tracker=get_tracker(), gate=None)
+    assert len(again.rows) == 4 and mlflow_guard.count("POST", "runs/search") - before == 1
 
 
 def test_metric_summary_pages_and_filters_server_side(mlflow_guard: Guard, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -459,3 +463,14 @@ def test_find_reusable_filters_on_the_fingerprint_server_side(mlflow_guard: Guar
     other = get_tracker().find_reusable("fp2")
     assert other is not None and other.run_id == "run-g" and other.url
     assert [r.run_id for r in tracker.find_by_tag("digitops.fingerprint", "fp1", finished_only=False)] == ["run-f3", "run-f2", "run-f1"]
+
+
+def test_run_url_for_an_mlflow_server_and_for_gitlab(monkeypatch: pytest.MonkeyPatch) -> None:
+    from digitops.mlflow.tracker import run_url
+
+    assert run_url("http://mlflow:5000", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
+    gitlab = "https://gitlab.example/api/v4/projects/42/ml/mlflow"
+    monkeypatch.delenv("CI_PROJECT_URL", raising=False)
+    assert run_url(gitlab, "3", "abc") == "https://gitlab.example/projects/42"
+    monkeypatch.setenv("CI_PROJECT_URL", "https://gitlab.example/group/digits")
+    assert run_url(gitlab, "3", "abc") == "https://gitlab.example/group/digits/-/ml/experiments"

@@ -12,6 +12,7 @@ part of a filter must not widen the history). Any failure raises
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -73,6 +74,39 @@ def _runs(tracker: "MlflowTracker", project: str, filter_string: str, **kwargs: 
     yield from tracker.client.search_runs(eid, filter_string, page_size=PAGE, **kwargs)
 
 
+#: seconds a filtered read serves the other metrics of the same comparison (compare asks for four)
+MEMO_S = 10.0
+
+
+def _finished_rows(
+    tracker: "MlflowTracker", project: str, excluded: set[str], data_checksum: str | None
+) -> list[tuple[str, int, dict[str, float]]]:
+    """(run id, start time, latest metrics) of the finished digitops runs: one paged, filtered read.
+
+    Kept on the tracker for :data:`MEMO_S` seconds, so one comparison reads the runs once,
+    not once per metric (the tracker forgets it whenever it sends a run).
+    """
+    key = (project, data_checksum, tuple(sorted(excluded)))
+    memo = tracker.memo.get(key)
+    if memo is not None and time.monotonic() - memo[0] < MEMO_S:
+        return memo[1]
+    rows = []
+    for run in _runs(tracker, project, finished_filter(data_checksum, sorted(excluded))):
+        tags, info = _tags(run), run.get("info") or {}
+        run_id = tags.get(RUN_TAG)
+        if (
+            not run_id
+            or run_id in excluded
+            or info.get("status") != "FINISHED"
+            or tags.get(STATUS_TAG) != FINISHED
+            or (data_checksum is not None and tags.get(CHECKSUM_TAG) != data_checksum)
+        ):
+            continue
+        rows.append((run_id, int(info.get("start_time") or 0), _metrics(run)))
+    tracker.memo[key] = (time.monotonic(), rows)
+    return rows
+
+
 def metric_summary(
     tracker: "MlflowTracker",
     metric: str,
@@ -83,27 +117,17 @@ def metric_summary(
     higher_is_better: bool = True,
 ) -> MetricSummary:
     """:meth:`Tracker.metric_summary` over the MLflow experiment ``project`` (see the module docstring)."""
-    excluded = {str(e) for e in exclude}
-    found: list[tuple[float, str, int]] = []
     try:
-        for run in _runs(tracker, project, finished_filter(data_checksum, sorted(excluded))):
-            tags, info = _tags(run), run.get("info") or {}
-            run_id = tags.get(RUN_TAG)
-            if (
-                not run_id
-                or run_id in excluded
-                or info.get("status") != "FINISHED"
-                or tags.get(STATUS_TAG) != FINISHED
-                or (data_checksum is not None and tags.get(CHECKSUM_TAG) != data_checksum)
-            ):
-                continue
-            value = _metrics(run).get(metric)
-            if value is not None and value == value:  # NaN never counts
-                found.append((value, run_id, int(info.get("start_time") or 0)))
+        rows = _finished_rows(tracker, project, {str(e) for e in exclude}, data_checksum)
     except TrackingError as exc:
         raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - a malformed answer is an unreadable history
         raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {type(exc).__name__}: {exc}") from exc
+    found = [
+        (metrics[metric], run_id, start)
+        for run_id, start, metrics in rows
+        if metric in metrics and metrics[metric] == metrics[metric]  # NaN never counts
+    ]
     return summarise(metric, found, higher_is_better)
 
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from digitops import atomic, config
 from digitops.comet.state import LOCAL_ONLY_TAGS, run_files
-from digitops.tracking.base import ABANDONED, FAILED, FINISHED, RunRecord, TrackingError
+from digitops.tracking.base import ABANDONED, FAILED, FINISHED, RunRecord
 
 RUN_TAG = "digitops.run_id"
 STATUS_TAG = "digitops.status"
@@ -217,8 +217,10 @@ class RunState:
             return cls(**json.loads(cls.path(run_id).read_text()))
         except FileNotFoundError:
             return cls(run_id)
-        except (ValueError, TypeError) as exc:
-            raise TrackingError(f"corrupt MLflow sync state {cls.path(run_id)}: {exc}") from exc
+        except (ValueError, TypeError):
+            # Damaged (a full disk, a hand edit): start over. The MLflow run is found again by its
+            # digitops.run_id tag and read back, so nothing is created or sent twice.
+            return cls(run_id)
 
     def save(self) -> None:
         path = self.path(self.run_id)

@@ -59,8 +59,8 @@ from digitops.tracking.sqlite import SqliteTracker
 #: Set by the process that starts a run (the runner) to its pid: the notebook kernels it
 #: launches inherit it and leave the mirror to it, so they never talk to the server.
 OWNER_ENV = "DIGITOPS_MLFLOW_OWNER"
-#: per request; the server is asked again at most RETRIES times where that is safe (see rest.py)
-TIMEOUT, RETRIES = 10.0, 3
+#: per request (a loaded server took 14 s for a page of 1,000 runs); asked again at most RETRIES times where safe (rest.py)
+TIMEOUT, RETRIES = 30.0, 3
 _GITLAB = re.compile(r"^(?P<host>https?://[^/]+(?:/.*?)?)/api/v4/projects/(?P<project>[^/]+)/ml/mlflow$")
 
 
@@ -128,6 +128,8 @@ class MlflowTracker(LocalFirst):
         super().__init__(local)
         self._client = client
         self._experiments: dict[str, str] = {}
+        #: recent filtered reads (see digitops.mlflow.queries.MEMO_S)
+        self.memo: dict[Any, Any] = {}
 
     @property
     def client(self) -> MlflowRest:
@@ -156,6 +158,7 @@ class MlflowTracker(LocalFirst):
     def sync_run(self, run_id: str) -> SyncOutcome:
         """Bring the MLflow run up to date with the local record; pending (never raising) when it cannot."""
         start = time.monotonic()
+        self.memo.clear()  # what this tracker read before may no longer be what the server holds
         with run_lock(run_id):
             rec = self.local.get_run(run_id)
             try:
