@@ -9,7 +9,7 @@ from digitops.errors import ConfigError, SyncError
 
 
 def _require_key() -> None:
-    if config.backend() != "comet":
+    if not config.comet_enabled():
         raise ConfigError(
             "COMET_API_KEY is not set (nor api_key in ./.comet.config or ~/.comet.config): nothing is sent "
             "to Comet (runs stay in the local store). "
