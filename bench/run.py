@@ -7,6 +7,7 @@ Sections (each module has run() -> dict and table(dict) -> str):
   ci         push -> MR note through gitlab-ci-local, installs included (preinstalled / slim / full)
   dashboard  server-side inference latency, page-to-canvas, Predict round trip; 50 visitors for 2 min, abuse
   compare    compare/list with 10 .. 10,000 stored runs; compare against 1,000 Comet experiments
+  mlflow     compare/list against 10,000 runs in a real mlflow server (the MLflow backend)
 
     python bench/run.py [--only notebook,compare] [--quick]
 """
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("compare", "dashboard", "notebook", "pipeline", "ci", "training")
+SECTIONS = ("compare", "mlflow", "dashboard", "notebook", "pipeline", "ci", "training")
 
 
 def _run_section(name: str, quick: bool) -> tuple[dict, str]:
@@ -45,6 +46,8 @@ def _run_section(name: str, quick: bool) -> tuple[dict, str]:
         kwargs = {"inference_n": 50, "clicks": 5, "loads": 1, "visitors": 5, "seconds": 15}
     if quick and name == "compare":
         kwargs = {"sizes": (10, 100, 1000), "repeats": 3, "comet_experiments": 100}
+    if quick and name == "mlflow":
+        kwargs = {"runs": 1000, "repeats": 3}
     if name == "ci":
         kwargs = {"quick": quick}
     result = mod.run(**kwargs)

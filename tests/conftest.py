@@ -24,3 +24,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in ("COMET_API_KEY", "GITLAB_TOKEN", "CI_JOB_ID", "CI_COMMIT_SHA", "CI_MERGE_REQUEST_IID"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
+
+
+# The MLflow backend's real server and GitLab-subset guard (tests/mlflow_fixtures.py).
+from mlflow_fixtures import mlflow_guard, mlflow_server  # noqa: E402,F401

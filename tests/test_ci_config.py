@@ -351,3 +351,73 @@ def test_model_jobs_carry_the_run_store_between_pipelines(jobs: dict[str, dict[s
         assert store["paths"] == [".digitops", "runs"] and store["policy"] == policy, name
         assert store["key"] == "runs-$CI_COMMIT_REF_SLUG" and store["fallback_keys"] == ["runs-$CI_DEFAULT_BRANCH"]
     assert "cache" not in jobs["report"] or jobs["report"]["cache"] == default
+def test_backend_is_the_projects_variable_and_no_job_hard_codes_one(jobs: dict[str, dict[str, Any]]) -> None:
+    config, _ = load_ci(ROOT)
+    declared = config["variables"]["DIGITOPS_BACKEND"]
+    # Empty in the file, so the project's CI/CD variable (DIGITOPS_BACKEND=gitlab) decides.
+    assert declared["value"] == "" and "gitlab" in declared["description"]
+    backend_vars = re.compile(r"^(DIGITOPS_BACKEND|MLFLOW_\w+|COMET_\w+)$")
+    for name, job in jobs.items():
+        assert not [v for v in job.get("variables") or {} if backend_vars.match(v)], name
+        # (the test job unsets the backend variables: naming them there is the opposite of using them)
+        script = "\n".join(str(line) for line in _as_list(job.get("script")) if not str(line).startswith("unset "))
+        assert "comet" not in script.lower(), f"job {name!r} names Comet in its script"
+        assert "--offline" not in script, name
+    # GitLab's own endpoint from CI's predefined variables and the token the MR note already uses.
+    from digitops import config as settings
+
+    uri, token = settings.mlflow_endpoint(
+        {"DIGITOPS_BACKEND": "gitlab", "CI_API_V4_URL": "https://gitlab.example.com/api/v4", "CI_PROJECT_ID": "42",
+         "GITLAB_TOKEN": "t"}
+    )
+    assert (uri, token) == ("https://gitlab.example.com/api/v4/projects/42/ml/mlflow", "t")
+
+
+def test_the_test_job_never_uses_the_projects_backend(jobs: dict[str, dict[str, Any]]) -> None:
+    script = jobs["tests"]["script"]
+    (unset,) = [i for i, line in enumerate(script) if line.startswith("unset ")]
+    (pytest_line,) = [i for i, line in enumerate(script) if "pytest" in line]
+    assert unset < pytest_line
+    assert set(script[unset].split()[1:]) >= {"DIGITOPS_BACKEND", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN",
+                                              "COMET_API_KEY"}
+
+
+def _run_sh(script: str, tmp_path: Path, **env: str) -> tuple[int, str]:
+    """Run a job's shell snippet with a stub `digitops` on PATH that logs its arguments."""
+    stub = tmp_path / "bin" / "digitops"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/called\nexit "${{STUB_RC:-0}}"\n')
+    stub.chmod(0o755)
+    base = {"PATH": f"{stub.parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(["sh", "-c", script], cwd=tmp_path, env={**base, **env}, capture_output=True, text=True)
+    called = (tmp_path / "called").read_text() if (tmp_path / "called").exists() else ""
+    return proc.returncode, called
+
+
+def test_kept_runs_are_sent_only_for_a_server_backend(jobs: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    for name in ("report", "register"):
+        assert jobs[name]["script"][0] == "sh ci/send-kept.sh"
+    script = f"sh {ROOT / 'ci' / 'send-kept.sh'}"
+    assert _run_sh(script, tmp_path) == (0, "")  # embedded: nothing to send
+    assert _run_sh(script, tmp_path, DIGITOPS_BACKEND="embedded", MLFLOW_TRACKING_URI="http://x") == (0, "")
+    # The server still unreachable (sync exits 2): said, and the job goes on.
+    assert _run_sh(script, tmp_path, DIGITOPS_BACKEND="gitlab", STUB_RC="2") == (0, "sync\n")
+
+
+def test_register_fails_when_the_registry_kept_a_pending_version(jobs: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    (check,) = [line for line in jobs["register"]["script"] if "pending-" in line]
+    (tmp_path / "register.env").write_text("MODEL_VERSION=pending-1\n")
+    assert _run_sh(check, tmp_path)[0] == 1
+    (tmp_path / "register.env").write_text("MODEL_VERSION=0.3.0\n")
+    assert _run_sh(check, tmp_path)[0] == 0
+
+
+def test_dashboard_deployment_reads_the_mlflow_registry_from_a_secret() -> None:
+    deployment = yaml.safe_load((ROOT / "deploy" / "k8s" / "deployment.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("valueFrom", {}) for e in container["env"]}
+    for name in ("DIGITOPS_BACKEND", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN"):
+        assert env[name]["secretKeyRef"]["name"] == "digitops-mlflow", name
+    deploy_sh = (ROOT / "deploy" / "deploy.sh").read_text()
+    assert "create secret generic digitops-mlflow" in deploy_sh
+    assert "--from-literal" not in deploy_sh  # a token on a command line shows in the runner's process list

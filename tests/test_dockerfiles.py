@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILES = [ROOT / "ci" / "Dockerfile", ROOT / "deploy" / "Dockerfile"]
+DOCKERFILES = [ROOT / "ci" / "Dockerfile", ROOT / "deploy" / "Dockerfile", ROOT / "deploy" / "mlflow" / "Dockerfile"]
 
 
 def _hadolint(*args: str) -> subprocess.CompletedProcess[str]:

@@ -262,3 +262,18 @@ def test_report_cli(setup, workdir: Path) -> None:
     res = runner.invoke(cli, ["report", "ghost"])
     assert res.exit_code == 2 and "unknown run 'ghost'" in res.output
     assert re.search(r"Exit status:.*2\s+error", runner.invoke(cli, ["report", "--help"]).output, re.S)
+
+
+def test_the_run_link_is_named_after_the_backend_that_holds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from digitops.report import experiment_title
+
+    monkeypatch.delenv("COMET_API_KEY", raising=False)
+    monkeypatch.setenv("DIGITOPS_BACKEND", "gitlab")
+    assert experiment_title() == "GitLab candidate"
+    monkeypatch.setenv("DIGITOPS_BACKEND", "mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert experiment_title() == "MLflow run"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://gitlab.example.com/api/v4/projects/4/ml/mlflow")
+    assert experiment_title() == "GitLab candidate"
+    monkeypatch.setenv("DIGITOPS_BACKEND", "comet")
+    assert experiment_title() == "Comet experiment"

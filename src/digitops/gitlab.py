@@ -48,7 +48,7 @@ import requests
 
 from digitops import __version__, config
 from digitops.errors import ConfigError, PublishError
-from digitops.report import REPORT_MARKER_PREFIX, report_marker
+from digitops.report import REPORT_MARKER_PREFIX, experiment_title, report_marker
 
 #: What each variable that publishing reads is.
 VARIABLE_HELP: dict[str, str] = {
@@ -311,7 +311,7 @@ def prepare_note(
         body = body.split("\n", 1)[1] if "\n" in body else ""
     body = rewrite_links(body.strip("\n"), links or {})
     if experiment_url and experiment_url not in body:
-        body += f"\n\n[Comet experiment]({experiment_url})"
+        body += f"\n\n[{experiment_title()}]({experiment_url})"
     return f"{marker}\n{body}\n"
 
 

@@ -69,6 +69,19 @@ def report_marker(model_name: str | None = None) -> str:
     return f"{REPORT_MARKER_PREFIX}{model_name or config.model_name()} -->"
 
 
+def experiment_title() -> str:
+    """What the run's page is called where the active backend keeps it (the MR note's link text)."""
+    try:
+        backend = config.backend()
+    except Exception:  # noqa: BLE001 - a misconfiguration is reported elsewhere; the link still needs a name
+        return "experiment run"
+    if backend == "mlflow":
+        uri = config.env("MLFLOW_TRACKING_URI") or ""
+        gitlab = (config.env("DIGITOPS_BACKEND") or "").lower() == "gitlab" or "/ml/mlflow" in uri
+        return "GitLab candidate" if gitlab else "MLflow run"
+    return "Comet experiment"
+
+
 def _link(target: str, base_url: str | None) -> str:
     """``target`` as is when absolute, else relative or joined onto ``base_url``."""
     if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith(("/", "#", "![")):
@@ -207,7 +220,7 @@ def _view(
     if RUN_LINK in notebook_links:
         links.append(("run folder", _link(notebook_links[RUN_LINK], base_url)))
     if run.url:
-        links.append(("Comet experiment", run.url))
+        links.append((experiment_title(), run.url))
     if c.production_url:
         links.append((f"production {c.production_version}", c.production_url))
 

@@ -50,8 +50,9 @@ def dashboard(
 ) -> None:
     """Serve the dashboard: draw a digit, see what the production model says.
 
-    The model is the registry's production version (embedded, or Comet when
-    COMET_API_KEY is set) unless DIGITOPS_MODEL_VERSION pins one; it is
+    The model is the registry's production version (embedded, Comet, or
+    MLflow / GitLab's model registry: see DIGITOPS_BACKEND) unless
+    DIGITOPS_MODEL_VERSION pins one; it is
     downloaded once, cached by version and checksum-verified on every load.
     """
     from digitops import extras

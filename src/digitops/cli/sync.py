@@ -21,11 +21,15 @@ def _require_key() -> None:
 @click.option("--run", "run_ids", multiple=True, metavar="RUN_ID", help="Only these runs (repeatable). Default: all.")
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded; send nothing.")
 def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
-    """Upload runs kept offline and registrations made while Comet was unreachable.
+    """Upload runs kept offline and registrations made while Comet or MLflow was unreachable.
 
-    Uses the SDK's own uploader (what `comet upload` runs). Exits 2 when
-    something could not be sent; run it again later.
+    Comet: uses the SDK's own uploader (what `comet upload` runs). MLflow (and
+    GitLab's registry): sends the kept runs and registrations, idempotently.
+    Exits 2 when something could not be sent; run it again later.
     """
+    if config.backend() == "mlflow":
+        _sync_mlflow(run_ids, dry_run)
+        return
     _require_key()
     from digitops.comet.offline import pending_runs, stray_archives, sync_pending, upload_archive
     from digitops.comet.registry import pending_label, pending_registrations, sync_registrations
@@ -58,6 +62,35 @@ def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
         click.echo(f"archive {path.name}: {'uploaded' if ok else 'upload failed (kept)'}")
         failed += not ok
     for line in sync_registrations():
+        click.echo(line)
+        failed += "still pending" in line
+    if failed:
+        raise SyncError(f"{failed} item(s) could not be sent; they are kept for the next `digitops sync`")
+    click.echo("sync complete")
+
+
+def _sync_mlflow(run_ids: tuple[str, ...], dry_run: bool) -> None:
+    """``digitops sync`` for the MLflow backend: kept runs (the tracker's), then kept registrations."""
+    from digitops.mlflow import tracker
+    from digitops.mlflow.state import pending_runs
+    from digitops.mlflow.registry import pending_registrations, sync_registrations
+
+    regs = pending_registrations()
+    if dry_run:
+        runs = [r for r in pending_runs() if not run_ids or r in run_ids]
+        for run_id in runs:
+            click.echo(f"run {run_id}: kept locally, not in MLflow yet")
+        for r in regs:
+            click.echo(f"registration: {r['name']} {r['pending_id']} (run {r['run_id']})")
+        click.echo(f"{len(runs)} run(s), {len(regs)} registration(s) pending")
+        return
+    # Runs first: a registration names its run, which should be in the server by then.
+    lines = tracker.sync_pending(run_ids or None) + sync_registrations()
+    if not lines:
+        click.echo("nothing to sync: no kept runs, no pending registrations")
+        return
+    failed = 0
+    for line in lines:
         click.echo(line)
         failed += "still pending" in line
     if failed:

@@ -38,14 +38,12 @@ gate then refuses to judge, see :mod:`digitops.compare`).
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from digitops import comet_env, config
 from digitops.comet.offline import delete_orphans, upload_pending, remote_snapshot
@@ -63,8 +61,8 @@ from digitops.comet.state import (
     run_files,
     snapshot,
 )
-from digitops.tracking.base import FINISHED, MetricSummary, RunRecord, Tracker, TrackingError
-from digitops.tracking.sqlite import SqliteTracker
+from digitops.tracking.base import FINISHED, MetricSummary, RunRecord, TrackingError
+from digitops.tracking.mirror import LocalFirst
 
 
 # ------------------------------------------------------------------------------- tracker
@@ -74,7 +72,7 @@ class ArchiveNotUploaded(TrackingError):
     """A run's kept offline archive could not be uploaded (Comet unreachable or refusing)."""
 
 
-class CometTracker(Tracker):
+class CometTracker(LocalFirst):
     """The embedded store plus a Comet mirror of every ended run (see the module docstring).
 
     Composition, not inheritance: every record goes to :attr:`local` (a
@@ -82,42 +80,10 @@ class CometTracker(Tracker):
     ``end_run`` and reads comparisons from Comet.
     """
 
-    def __init__(self, local: SqliteTracker | None = None) -> None:
-        self.local = local if local is not None else SqliteTracker()
-
-    @property
-    def db_path(self) -> Path:
-        """The embedded store's database (where every record lives first)."""
-        return self.local.db_path
+    OWNER_ENV = OWNER_ENV
 
     def __repr__(self) -> str:
         return f"CometTracker(db_path={str(self.db_path)!r}, workspace={comet_env.workspace()!r})"
-
-    # -- the embedded store's operations, unchanged -------------------------------
-
-    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        self.local.log_params(run_id, params)
-
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
-        self.local.log_metrics(run_id, metrics, step)
-
-    def log_artifact(self, run_id: str, path: str | os.PathLike, name: str | None = None) -> str:
-        return self.local.log_artifact(run_id, path, name)
-
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        self.local.set_tags(run_id, tags)
-
-    def set_url(self, run_id: str, url: str | None) -> None:
-        self.local.set_url(run_id, url)
-
-    def mark_abandoned(self) -> list[str]:
-        return self.local.mark_abandoned()
-
-    def import_runs(self, records: Iterable[RunRecord]) -> int:
-        return self.local.import_runs(records)
-
-    def get_run(self, run_id: str) -> RunRecord:
-        return self.local.get_run(run_id)
 
     def list_runs(self, project: str | None = None, status: str | None = None, limit: int | None = None) -> list[RunRecord]:
         return self.local.list_runs(project=project, status=status, limit=limit)
@@ -131,23 +97,10 @@ class CometTracker(Tracker):
 
     # -- writes -------------------------------------------------------------------
 
-    def start_run(self, run_id: str, **kwargs: Any) -> RunRecord:
-        """Create or resume the run locally.
-
-        Outside a notebook kernel the calling process becomes the run's Comet owner
-        (:data:`OWNER_ENV`): the kernels it launches inherit that and leave the
-        mirror to it; a notebook run by hand in Jupyter mirrors on its own.
-        """
-        rec = self.local.start_run(run_id, **kwargs)
-        if "ipykernel" not in sys.modules:
-            os.environ[OWNER_ENV] = str(os.getpid())
-        return rec
-
     def end_run(self, run_id: str, status: str = FINISHED) -> None:
         """End the run locally, then mirror it to Comet (or keep it offline). Never fails on Comet."""
         self.local.end_run(run_id, status)
-        owner = config.env(OWNER_ENV)
-        if owner and owner != str(os.getpid()):
+        if not self.mirrors_here():
             return  # a kernel launched by the runner: the runner mirrors when it ends the run
         try:
             outcome = self.sync_run(run_id)

@@ -1,7 +1,8 @@
 """Find, download, verify, cache and load the model the dashboard serves.
 
-The production version comes from the active registry (embedded SQLite or
-Comet) unless ``$DIGITOPS_MODEL_VERSION`` pins one. Files are cached by
+The production version comes from the active registry (embedded SQLite, Comet,
+or MLflow / GitLab's model registry with the token from the environment) unless
+``$DIGITOPS_MODEL_VERSION`` pins one. Files are cached by
 version under ``<home>/model-cache/<name>/<version>/model.keras`` (or
 ``$DIGITOPS_MODEL_CACHE``), downloaded at most once (a file lock guards
 concurrent kernels and replicas), and their SHA256 is checked against the

@@ -1,4 +1,4 @@
-"""Model registry: one interface, an embedded SQLite default and a Comet backend."""
+"""Model registry: one interface; embedded SQLite (default), Comet and MLflow (GitLab's registry) backends."""
 
 from __future__ import annotations
 
@@ -77,13 +77,18 @@ def register_run(
 
 
 def get_registry() -> Registry:
-    """The active registry: Comet's when ``COMET_API_KEY`` is set, else the embedded SQLite one."""
+    """The active registry for :func:`digitops.config.backend`: Comet's, MLflow's (GitLab's) or the embedded SQLite one."""
     from digitops import config
 
-    if config.comet_enabled():
+    backend = config.backend()
+    if backend == "comet":
         from digitops.comet.registry import CometRegistry
 
         return CometRegistry()
+    if backend == "mlflow":
+        from digitops.mlflow.registry import MlflowRegistry
+
+        return MlflowRegistry()
     from digitops.registry.sqlite import SqliteRegistry
 
     return SqliteRegistry()

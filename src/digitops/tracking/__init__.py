@@ -1,4 +1,4 @@
-"""Experiment tracking: one interface, an embedded SQLite default and a Comet backend."""
+"""Experiment tracking: one interface, an embedded SQLite default, a Comet and an MLflow backend."""
 
 from __future__ import annotations
 
@@ -27,13 +27,18 @@ __all__ = [
 
 
 def get_tracker() -> Tracker:
-    """The active tracker: Comet when ``COMET_API_KEY`` is set, else the embedded SQLite store."""
+    """The active tracker for :func:`digitops.config.backend`: Comet, MLflow, else the embedded SQLite store."""
     from digitops import config
 
-    if config.comet_enabled():
+    chosen = config.backend()
+    if chosen == "comet":
         from digitops.comet.tracker import CometTracker
 
         return CometTracker()
+    if chosen == "mlflow":
+        from digitops.mlflow.tracker import MlflowTracker
+
+        return MlflowTracker()
     from digitops.tracking.sqlite import SqliteTracker
 
     return SqliteTracker()
