@@ -351,6 +351,8 @@ def test_model_jobs_carry_the_run_store_between_pipelines(jobs: dict[str, dict[s
         assert store["paths"] == [".digitops", "runs"] and store["policy"] == policy, name
         assert store["key"] == "runs-$CI_COMMIT_REF_SLUG" and store["fallback_keys"] == ["runs-$CI_DEFAULT_BRANCH"]
     assert "cache" not in jobs["report"] or jobs["report"]["cache"] == default
+
+
 def test_backend_is_the_projects_variable_and_no_job_hard_codes_one(jobs: dict[str, dict[str, Any]]) -> None:
     config, _ = load_ci(ROOT)
     declared = config["variables"]["DIGITOPS_BACKEND"]

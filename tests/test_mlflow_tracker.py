@@ -450,7 +450,8 @@ def test_find_reusable_filters_on_the_fingerprint_server_side(mlflow_guard: Guar
     tracker = get_tracker()
     for run_id, fp, status in [("run-f1", "fp1", "finished"), ("run-f2", "fp1", "finished"),
                                ("run-f3", "fp1", "failed"), ("run-g", "fp2", "finished")]:
-        tracker.start_run(run_id, tags={"fingerprint": fp}, data_checksum=CHECKSUM)
+        tracker.start_run(run_id, tags={"digitops.fingerprint": fp, "digitops.eval_fingerprint": "e-" + fp},
+                          data_checksum=CHECKSUM)
         tracker.end_run(run_id, status)
     before = mlflow_guard.count("POST", "runs/search")
     found = tracker.find_reusable("fp1")
@@ -458,6 +459,8 @@ def test_find_reusable_filters_on_the_fingerprint_server_side(mlflow_guard: Guar
     assert mlflow_guard.count("POST", "runs/search") - before == 1
     assert "digitops.fingerprint" in mlflow_guard.sent("runs/search")[-1]["filter"]
     assert tracker.find_reusable("fp-none") is None
+    evaluated = tracker.find_reusable("e-fp1", tag="digitops.eval_fingerprint")
+    assert evaluated is not None and evaluated.run_id == "run-f2"
     # Recorded on another machine: the server's record comes back.
     monkeypatch.setenv("DIGITOPS_HOME", str(Path.cwd() / "elsewhere"))
     other = get_tracker().find_reusable("fp2")

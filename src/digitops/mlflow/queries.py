@@ -208,7 +208,9 @@ def find_by_tag(
     return out
 
 
-def find_reusable(tracker: "MlflowTracker", project: str, fingerprint: str) -> RunRecord | None:
-    """The newest finished run with ``fingerprint`` (tag ``digitops.fingerprint``), or None."""
-    found = find_by_tag(tracker, project, FINGERPRINT_TAG, fingerprint)
+def find_reusable(
+    tracker: "MlflowTracker", project: str, fingerprint: str, *, tag: str = FINGERPRINT_TAG
+) -> RunRecord | None:
+    """The newest finished run whose ``tag`` (``digitops.fingerprint``, ``digitops.eval_fingerprint``) is ``fingerprint``."""
+    found = find_by_tag(tracker, project, tag, fingerprint)
     return found[0] if found else None

@@ -29,7 +29,7 @@ from digitops.tracking.base import ABANDONED, FAILED, FINISHED, RunRecord
 RUN_TAG = "digitops.run_id"
 STATUS_TAG = "digitops.status"
 CHECKSUM_TAG = "digitops.data_checksum"
-#: a run's fingerprint (what it was trained from; local tag ``fingerprint``), for finding a run to reuse
+#: a run's fingerprint (what it was trained from, :mod:`digitops.fingerprint`), for finding a run to reuse
 FINGERPRINT_TAG = "digitops.fingerprint"
 PROJECT_TAG = "digitops.project"
 COMMIT_TAG = "mlflow.source.git.commit"
@@ -95,8 +95,6 @@ def mirror_of(rec: RunRecord, files: dict[str, str] | None = None, digests: dict
     tags.update({RUN_TAG: rec.run_id, STATUS_TAG: rec.status, PROJECT_TAG: rec.project, "mlflow.runName": rec.run_id})
     if rec.data_checksum:
         tags[CHECKSUM_TAG] = rec.data_checksum
-    if rec.tags.get("fingerprint"):
-        tags[FINGERPRINT_TAG] = str(rec.tags["fingerprint"])
     if rec.git_commit:
         tags[COMMIT_TAG] = rec.git_commit
     if config.env("GITLAB_CI") and os.environ.get("CI_JOB_ID"):

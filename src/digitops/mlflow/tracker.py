@@ -296,14 +296,16 @@ class MlflowTracker(LocalFirst):
 
         return find_by_tag(self, project or config.project_name(), key, value, finished_only=finished_only)
 
-    def find_reusable(self, fingerprint: str, project: str | None = None) -> RunRecord | None:
-        """The newest finished run in the server with this fingerprint (tag ``digitops.fingerprint``), or None.
+    def find_reusable(
+        self, fingerprint: str, project: str | None = None, *, tag: str = "digitops.fingerprint"
+    ) -> RunRecord | None:
+        """The newest finished run in the server whose ``tag`` is ``fingerprint`` (one filtered search), or None.
 
         The local record is returned when this machine has it (it knows the run's files).
         """
         from digitops.mlflow.queries import find_reusable
 
-        found = find_reusable(self, project or config.project_name(), fingerprint)
+        found = find_reusable(self, project or config.project_name(), fingerprint, tag=tag)
         if found is None:
             return None
         try:
