@@ -375,6 +375,9 @@ def test_comparison_takes_each_experiments_last_logged_value(fake: FakeComet) ->
     # Renamed in Comet's UI: still recognised as the excluded run by its digitops_run_id.
     fake.add_experiment(PROJECT, "renamed", {"val_accuracy": 0.999}, {"digitops_status": "finished",
                         "data_checksum": CHECKSUM, "digitops_run_id": "cand"})
+    # A run that reused run-a's evaluation: run-a's metrics again, counted once (as run-a).
+    fake.add_experiment(PROJECT, "run-a-reused", {"val_accuracy": 0.95}, {"digitops_status": "finished",
+                        "data_checksum": CHECKSUM, "digitops_metrics_reused": "1"})
     summary = CometTracker().metric_summary("val_accuracy", project=PROJECT, data_checksum=CHECKSUM, exclude=["cand"])
     assert (summary.count, summary.best, summary.best_run_id) == (1, 0.95, "run-a")
     assert CometTracker().metric_summary("val_accuracy", project=PROJECT).count == 3  # any dataset, no exclusion
@@ -713,3 +716,12 @@ def test_pipeline_unreachable_then_synced_then_online_compares_in_comet(isolated
         items = server.models["mnist-digits"].items
         assert sorted(items) == ["0.1.0", "0.2.0"] and items["0.2.0"].experiment_key == exps[new_id].key
         assert items["0.2.0"].status == "Staging"
+
+
+def test_a_reused_evaluation_is_marked_for_comets_history_queries() -> None:
+    from digitops.comet.state import REUSED_OTHER, snapshot
+    from digitops.tracking import RunRecord
+
+    copy = RunRecord(run_id="r2", project=PROJECT, status="finished", tags={"digitops.eval_reused_from": "r1"})
+    assert snapshot(copy).others[REUSED_OTHER] == "1"
+    assert REUSED_OTHER not in snapshot(RunRecord(run_id="r1", project=PROJECT, status="finished")).others

@@ -362,6 +362,18 @@ def test_metric_summary_pages_and_filters_server_side(mlflow_guard: Guard, monke
     assert "run-p0" in search["filter"]
 
 
+def test_metric_summary_counts_a_reused_evaluation_once(mlflow_guard: Guard) -> None:
+    tracker = get_tracker()
+    evaluate_stage_only(tracker, "run-o", 0.95)
+    tracker.start_run("run-o-reused", data_checksum=CHECKSUM, tags={"digitops.eval_reused_from": "run-o"})
+    tracker.log_metrics("run-o-reused", {"test_accuracy": 0.95})
+    tracker.end_run("run-o-reused", "finished")
+    evaluate_stage_only(tracker, "run-q", 0.91)
+    summary = tracker.metric_summary("test_accuracy", data_checksum=CHECKSUM)
+    assert (summary.count, summary.mean, summary.best_run_id) == (2, pytest.approx(0.93), "run-o")
+    assert "run-o-reused" in [r.run_id for r in tracker.list_runs()]  # still listed, only not counted twice
+
+
 def evaluate_stage_only(tracker: Any, run_id: str, accuracy: float) -> None:
     tracker.start_run(run_id, data_checksum=CHECKSUM, params={"architecture": "mlp"})
     tracker.log_metrics(run_id, {"test_accuracy": accuracy})

@@ -165,6 +165,18 @@ def test_metric_summary_filters_and_ties(tracker: SqliteTracker) -> None:
     assert tracker.metric_summary("no_such_metric").count == 0
 
 
+def test_metric_summary_counts_a_reused_evaluation_once(tracker: SqliteTracker) -> None:
+    """A run that reused another's evaluation carries that run's metrics: history counts them once."""
+    _finished(tracker, "a", 0.90)
+    _finished(tracker, "b", 0.96)
+    for copy in ("b-again", "b-third"):
+        tracker.start_run(copy, data_checksum="d1", tags={"digitops.eval_reused_from": "b"})
+        tracker.log_metrics(copy, {"test_accuracy": 0.96})
+        tracker.end_run(copy, FINISHED)
+    s = tracker.metric_summary("test_accuracy", data_checksum="d1")
+    assert (s.count, s.mean, s.best_run_id) == (2, pytest.approx(0.93), "b")
+
+
 def test_metric_summary_is_one_indexed_query(tracker: SqliteTracker) -> None:
     # The summary must stay fast with thousands of runs: it reads one key's final values by index.
     con = sqlite3.connect(tracker.db_path)

@@ -21,10 +21,10 @@ from typing import Any
 
 from digitops import atomic, config, runs
 from digitops.fingerprint import Fingerprint
-from digitops.tracking.base import FAILED, FINISHED, RunRecord
+from digitops.tracking.base import FAILED, FINISHED, METRICS_REUSED_FROM, RunRecord
 
 #: tag naming the run whose notebook really ran, on a run that reused it
-REUSED_FROM = {"train": "digitops.reused_from", "evaluate": "digitops.eval_reused_from"}
+REUSED_FROM = {"train": "digitops.reused_from", "evaluate": METRICS_REUSED_FROM}
 #: tag with the one-line reason a stage was reused or run again
 REASON = {"train": "digitops.reuse", "evaluate": "digitops.eval_reuse"}
 #: tag with the SHA256 of the run's model.keras, set when training finishes

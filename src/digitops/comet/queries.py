@@ -7,6 +7,7 @@ import time
 from typing import Any, Iterable, Iterator
 
 from digitops import comet_env
+from digitops.comet.state import REUSED_OTHER
 from digitops.tracking.base import FINISHED, MetricSummary, TrackingError
 
 
@@ -68,6 +69,8 @@ def _matching_keys(api: Any, workspace: str, project: str, exclude: set[str], da
     # experiment lacking the value is not documented, and this endpoint does not take "|".
     for run_id in sorted(exclude) if keys else []:
         keys -= _query_keys(client, workspace, project, columns, Other("digitops_run_id") == run_id)
+    if keys:  # runs whose metrics are another run's (reused evaluation) count once, as that run
+        keys -= _query_keys(client, workspace, project, columns, Other(REUSED_OTHER) == "1")
     return keys
 
 

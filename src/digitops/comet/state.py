@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from digitops import atomic, comet_env, config
-from digitops.tracking.base import RunRecord, TrackingError
+from digitops.tracking.base import METRICS_REUSED_FROM, RunRecord, TrackingError
 
 #: Switches passed to every experiment: digitops logs explicitly, the SDK must not collect on its own.
 EXPERIMENT_OPTIONS: dict[str, Any] = {
@@ -53,6 +53,8 @@ LOCAL_ONLY_TAGS = {"stage", "job_id"}
 #: Prefixes of local tags not copied either: a fingerprint's parts (its digest goes to Comet; the
 #: parts only explain locally, in `digitops runs show`, why a run was not reused).
 LOCAL_ONLY_PREFIXES = ("digitops.fingerprint.", "digitops.eval_fingerprint.")
+#: the "other" marking an experiment whose metrics were reused from another run
+REUSED_OTHER = "digitops_metrics_reused"
 #: Files of the run folder mirrored even when not logged as artifacts (the model, metrics.json
 #: with the confusion matrix).
 RUN_FOLDER_FILES = ("model.keras", "metrics.json")
@@ -151,6 +153,8 @@ def snapshot(rec: RunRecord) -> Snapshot:
         if not key.startswith(("comet_", *LOCAL_ONLY_PREFIXES)) and key not in LOCAL_ONLY_TAGS and value:
             tags.append(f"{key}:{value}"[:100])
     others = {"digitops_run_id": rec.run_id, "digitops_status": rec.status, "digitops_project": rec.project}
+    if rec.tags.get(METRICS_REUSED_FROM):
+        others[REUSED_OTHER] = "1"  # history summaries skip it (comet.queries)
     if rec.data_checksum:
         others["data_checksum"] = rec.data_checksum
     if rec.git_commit:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from digitops.comet.queries import summarise
 from digitops.mlflow.rest import MlflowRefused
 from digitops.mlflow.state import CHECKSUM_TAG, COMMIT_TAG, FINGERPRINT_TAG, RUN_TAG, STATUS, STATUS_TAG
-from digitops.tracking.base import FINISHED, STATUSES, MetricSummary, RunRecord, TrackingError
+from digitops.tracking.base import FINISHED, METRICS_REUSED_FROM, STATUSES, MetricSummary, RunRecord, TrackingError
 
 if TYPE_CHECKING:
     from digitops.mlflow.tracker import MlflowTracker
@@ -100,6 +100,7 @@ def _finished_rows(
             or info.get("status") != "FINISHED"
             or tags.get(STATUS_TAG) != FINISHED
             or (data_checksum is not None and tags.get(CHECKSUM_TAG) != data_checksum)
+            or tags.get(METRICS_REUSED_FROM)  # another run's metrics: counted once, as that run
         ):
             continue
         rows.append((run_id, int(info.get("start_time") or 0), _metrics(run)))

@@ -18,6 +18,9 @@ RUNNING, FINISHED, FAILED = "running", "finished", "failed"
 #: a run left ``running`` by a process that is gone (killed, machine crashed)
 ABANDONED = "abandoned"
 STATUSES = (RUNNING, FINISHED, FAILED, ABANDONED)
+#: tag of a run whose evaluation was reused from another run (:mod:`digitops.reuse`): its final
+#: metrics are that run's, so history summaries skip it rather than count one result twice
+METRICS_REUSED_FROM = "digitops.eval_reused_from"
 
 
 @dataclass
@@ -144,7 +147,10 @@ class Tracker(abc.ABC):
         data_checksum: str | None = None,
         higher_is_better: bool = True,
     ) -> MetricSummary:
-        """Mean and best of ``metric`` over the project's finished runs, less ``exclude``."""
+        """Mean and best of ``metric`` over the project's finished runs, less ``exclude``.
+
+        Runs tagged :data:`METRICS_REUSED_FROM` do not count: their metrics are another run's.
+        """
 
 
 def artifact_dir_for(root: Path, run_id: str) -> Path:

@@ -33,6 +33,7 @@ from digitops.tracking.base import (
     ABANDONED,
     FAILED,
     FINISHED,
+    METRICS_REUSED_FROM,
     RUNNING,
     STATUSES,
     MetricSummary,
@@ -133,6 +134,7 @@ _SUMMARY_SQL = f"""
           AND r.project = ? AND r.status = '{FINISHED}'
           AND (? IS NULL OR r.data_checksum = ?)
           AND m.run_id NOT IN (SELECT value FROM json_each(?))
+          AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.run_id = r.run_id AND t.key = '{METRICS_REUSED_FROM}')
     )
     SELECT COUNT(*) AS n, AVG(value) AS mean, MAX(value) AS hi, MIN(value) AS lo,
            (SELECT run_id FROM c ORDER BY value {{order}}, started_at, seq LIMIT 1) AS best_run
