@@ -8,7 +8,7 @@
 - A kernel that imported TensorFlow spends 1.0-1.4 s at exit in the interpreter's final garbage
   collection, and papermill waits for it. A plain script pays the same at its own exit; the kernel,
   whose cells have already written and closed their files, freezes its objects at exit so that
-  sweep skips them (0.1-0.2 s).
+  sweep skips them (0.1-0.4 s).
 - nbconvert's import and first HTML export (about 1 s) run in a thread while the kernel starts and
   imports TensorFlow on one core, instead of after the last cell.
 """
