@@ -189,6 +189,10 @@ def run(repeats: int = 3, epochs: int = 2, limit: int = 0, architecture: str = "
     }
 
 
+def _per_round(r: dict[str, Any], kind: str, key: str) -> str:
+    return ", ".join(f"{q[key]:.1f}" for q in r["rounds"][kind])
+
+
 def table(r: dict[str, Any]) -> str:
     """Human-readable summary: the two paths' phases side by side (medians), then the ratios."""
     a, b, p = r["script"], r["notebook"], r["params"]
@@ -207,8 +211,9 @@ def table(r: dict[str, Any]) -> str:
         f"  {'CPU seconds, all processes':36s} {a['cpu']:10.2f} {b['cpu']:13.2f}",
         f"  ratio b/a: wall {r['ratio']:.3f}, at equal training ({r['training_median']:.1f} s) "
         f"{r['ratio_at_equal_training']:.3f}, CPU {r['cpu_ratio']:.3f}; overhead {r['overhead_seconds']:.1f} s",
-        f"  training per round (a) {', '.join(f'{x:.1f}' for x in (q['train'] for q in r['rounds']['script']))} s; "
-        f"(b) {', '.join(f'{x:.1f}' for x in (q['train'] for q in r['rounds']['notebook']))} s",
+        # The fits' wall time follows the neighbours' load; the CPU seconds (the work) barely move.
+        *(f"  {k} rounds: training {_per_round(r, k, 'train')} s, CPU {_per_round(r, k, 'cpu')} s"
+          for k in ("script", "notebook")),
         f"  separately: HTML export in a fresh process {r['separately']['html_export_cold']:.2f} s "
         f"(warmed while the kernel runs), tracking writes for 20 epochs {r['separately']['tracking_writes_20_epochs']:.3f} s",
     ]
