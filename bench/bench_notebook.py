@@ -149,8 +149,8 @@ def run(repeats: int = 3, epochs: int = 2, limit: int = 0, architecture: str = "
         for i in range(repeats):
             for kind in ("script", "notebook") if i % 2 == 0 else ("notebook", "script"):
                 before = set((work / "runs").glob("*/metrics.json"))
-                t0, t1, wall, cpu, out = _timed(script(i, epochs, limit) if kind == "script" else notebook(epochs, limit),
-                                                env, work)
+                cmd = script(i, epochs, limit) if kind == "script" else notebook(epochs, limit)
+                t0, t1, wall, cpu, out = _timed(cmd, env, work)
                 if kind == "script":
                     metrics = json.loads((work / f"script-{i}" / "metrics.json").read_text())
                     train = metrics["metrics"]["train_seconds"]
@@ -215,7 +215,8 @@ def table(r: dict[str, Any]) -> str:
         *(f"  {k} rounds: training {_per_round(r, k, 'train')} s, CPU {_per_round(r, k, 'cpu')} s"
           for k in ("script", "notebook")),
         f"  separately: HTML export in a fresh process {r['separately']['html_export_cold']:.2f} s "
-        f"(warmed while the kernel runs), tracking writes for 20 epochs {r['separately']['tracking_writes_20_epochs']:.3f} s",
+        f"(warmed while the kernel runs), tracking writes for 20 epochs "
+        f"{r['separately']['tracking_writes_20_epochs']:.3f} s",
     ]
     return "\n".join(lines)
 
