@@ -46,28 +46,32 @@ def test_train_then_evaluate_fills_the_run_folder(workdir: Path, monkeypatch: py
             assert secret not in path.read_text(), f"token leaked into {path.name}"
 
 
-@pytest.fixture
-def failing_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A train notebook that logs a metric, then raises in its third cell."""
+def _train_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *cells: str) -> Path:
+    """A folder of notebooks whose train.ipynb has the runner's parameters cell, then ``cells``."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     p = nbformat.v4.new_code_cell('epochs: int = 1\nrun_id: str = ""\noutput_dir: str = ""')
     p.metadata["tags"] = ["parameters"]
-    nb.cells = [
-        p,
-        nbformat.v4.new_code_cell(
-            "from digitops.runs import RunContext\n"
-            'run = RunContext.open("train", run_id=run_id, output_dir=output_dir, params={"epochs": epochs})\n'
-            'run.log_metrics({"val_accuracy": 0.5})'
-        ),
-        nbformat.v4.new_code_cell('raise ValueError("the data looks wrong")'),
-        nbformat.v4.new_code_cell('print("never reached")'),
-    ]
+    nb.cells = [p, *(nbformat.v4.new_code_cell(source) for source in cells)]
     folder = tmp_path / "nbs"
     folder.mkdir()
     nbformat.write(nb, folder / "train.ipynb")
     monkeypatch.setenv("DIGITOPS_NOTEBOOKS", str(folder))
     return folder
+
+
+@pytest.fixture
+def failing_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A train notebook that logs a metric, then raises in its third cell."""
+    return _train_notebook(
+        tmp_path,
+        monkeypatch,
+        "from digitops.runs import RunContext\n"
+        'run = RunContext.open("train", run_id=run_id, output_dir=output_dir, params={"epochs": epochs})\n'
+        'run.log_metrics({"val_accuracy": 0.5})',
+        'raise ValueError("the data looks wrong")',
+        'print("never reached")',
+    )
 
 
 @pytest.mark.slow
@@ -99,3 +103,35 @@ def test_bad_parameters_fail_before_any_run_exists(workdir: Path) -> None:
 def test_unknown_stage() -> None:
     with pytest.raises(ValueError, match="unknown stage 'deploy'"):
         runner.notebook_for("deploy")
+
+
+@pytest.fixture
+def probing_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A train notebook whose one cell writes the lines its kernel ran at start-up."""
+    return _train_notebook(
+        tmp_path,
+        monkeypatch,
+        "import json, pathlib\n"
+        "from ipykernel.kernelapp import IPKernelApp\n"
+        "lines = list(IPKernelApp.instance().exec_lines)  # the kernel app's start-up lines\n"
+        "pathlib.Path(output_dir, 'probe.json').write_text(json.dumps({'exec_lines': lines, 'names': dir()}))",
+    )
+
+
+@pytest.mark.slow
+def test_kernel_freezes_its_objects_at_exit_and_html_is_warmed_once(
+    workdir: Path, probing_notebooks: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interpreter's last sweep over TensorFlow's objects (1-1.4 s) is skipped at the kernel's exit."""
+    from digitops import startup
+
+    warmed: list[bool] = []
+    real_warm = startup.warm_html_export
+    monkeypatch.setattr(startup, "warm_html_export", lambda: warmed.append(True) or real_warm())
+    result = runner.execute("train", {"epochs": 1}, progress=False, timeout=300)
+    probe = json.loads((result.folder / "probe.json").read_text())
+    # What the line does at exit: tests/test_startup.py. It leaves no names in the user's namespace.
+    assert startup.KERNEL_FAST_EXIT_LINE in probe["exec_lines"]
+    assert not {"atexit", "gc"} & set(probe["names"])
+    assert warmed == [True], "the HTML export was not warmed while the kernel ran"
+    assert result.html is not None and "start-up lines" in result.html.read_text()

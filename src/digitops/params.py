@@ -152,6 +152,9 @@ def _parse_type(inferred: str, default_src: str) -> tuple[str, bool]:
 
 def declared(notebook: str | os.PathLike) -> dict[str, Declared]:
     """Parameters declared in ``notebook``'s ``parameters`` cell, in order."""
+    from digitops import startup
+
+    startup.defer_iri_grammar()  # before papermill imports jsonschema
     import papermill
 
     path = Path(notebook)

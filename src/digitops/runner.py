@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from digitops import atomic, config, fingerprint, params as params_mod, quiet, reuse as reuse_mod, runs
+from digitops import atomic, config, fingerprint, params as params_mod, quiet, reuse as reuse_mod, runs, startup
 from digitops.errors import EXIT_FAILED, EXIT_SIGNAL_BASE, NotebookFailed
 
 STAGES = ("train", "evaluate")
@@ -184,6 +184,7 @@ def _kernel_environment(extra: Mapping[str, str] | None = None) -> Iterator[None
 
 def to_html(notebook: Path) -> Path:
     """Render an executed notebook as a standalone HTML page next to it."""
+    startup.defer_iri_grammar()
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -216,6 +217,7 @@ def execute(
     fingerprint, so one made without ``reuse`` can be reused later.
     """
     # Long: start run, execute, render HTML and close the run share one try/finally so a run always ends.
+    startup.defer_iri_grammar()  # before papermill imports jsonschema
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -274,7 +276,9 @@ def execute(
                     log_output=log_output,
                     execution_timeout=timeout,
                     cwd=os.getcwd(),
-                    extra_arguments=quiet.kernel_arguments(),
+                    extra_arguments=[*quiet.kernel_arguments(), *startup.KERNEL_FAST_EXIT_ARGUMENTS],
+                    # Once the kernel is up: its first cell imports TensorFlow on one core, nbconvert the other.
+                    on_notebook_start=lambda **_: startup.warm_html_export(),
                 )
         except PapermillExecutionError as exc:
             # The execution count is what the HTML shows next to the failing cell.
