@@ -21,7 +21,7 @@ from typing import Any
 
 from digitops import atomic, config, runs
 from digitops.fingerprint import Fingerprint
-from digitops.tracking.base import FAILED, FINISHED, METRICS_REUSED_FROM, RunRecord
+from digitops.tracking.base import FAILED, FINISHED, METRICS_REUSED_FROM, RunRecord, TrackingError
 
 #: tag naming the run whose notebook really ran, on a run that reused it
 REUSED_FROM = {"train": "digitops.reused_from", "evaluate": METRICS_REUSED_FROM}
@@ -50,11 +50,18 @@ class Decision:
 
 
 def decide(tracker: Any, fp: Fingerprint, *, exclude: str | None = None) -> Decision:
-    """Find a finished run with fingerprint ``fp`` that can be reused (not ``exclude``)."""
+    """Find a finished run with fingerprint ``fp`` that can be reused (not ``exclude``).
+
+    Reuse only saves time: a store that cannot be searched (an MLflow server down) means
+    the notebook runs, with the reason said, never that the stage fails.
+    """
     project = config.project_name()
-    found = tracker.find_reusable(fp.digest, project, tag=fp.tag)
-    if found is None or found.run_id == exclude:
-        return Decision(fp, None, _changed(tracker, fp, project, exclude))
+    try:
+        found = tracker.find_reusable(fp.digest, project, tag=fp.tag)
+        if found is None or found.run_id == exclude:
+            return Decision(fp, None, _changed(tracker, fp, project, exclude))
+    except TrackingError as exc:
+        return Decision(fp, None, f"earlier runs could not be searched ({exc}); running the notebook")
     problem = unusable(found, fp.stage)
     if problem:
         return Decision(fp, None, f"run {found.run_id} has the same inputs but is not reused: {problem}")
