@@ -145,3 +145,27 @@ def test_no_backend_is_a_clear_refusal(guard, tmp_path, monkeypatch):
     monkeypatch.setenv("DIGITOPS_BACKEND", "embedded")
     res = _cli("sync")
     assert res.exit_code == 1 and "stay in this machine's store" in res.stderr
+
+
+def test_two_replicas_creating_the_run_at_once_end_with_one(guard, tmp_path, monkeypatch):
+    class Racing(MlflowRest):
+        """Another replica creates its run (an older one) right after ours is created."""
+
+        def call(self, method, endpoint, payload=None):
+            answer = super().call(method, endpoint, payload)
+            if endpoint == "runs/create" and not getattr(self, "raced", False):
+                self.raced = True
+                other = dict(payload, start_time=1)
+                self.other = super().call("POST", "runs/create", other)["run"]["info"]["run_id"]
+            return answer
+
+    a = _replica(monkeypatch, tmp_path, "a")
+    keep(a, 1)
+    racing = Racing()
+    result = shared.sync(a, client=racing)
+    assert result.pushed == 1 and result.experiment_key == racing.other  # the oldest run is the one
+    run = _the_run(MlflowRest())  # exactly one left: ours, still empty, was deleted
+    assert run["info"]["run_id"] == racing.other and set(_drawing_tags(run)) == {a.records()[0].hash}
+    assert guard.count("POST", "runs/delete") == 1
+    b = _replica(monkeypatch, tmp_path, "b")
+    assert shared.sync(b).pulled == 1
