@@ -223,7 +223,7 @@ def test_guard_down_during_a_request_does_not_forward_it(client: MlflowRest, mlf
         except BaseException as exc:  # noqa: BLE001 - recorded for the assertion below
             outcome.append(exc)
 
-    mlflow_guard.slow(1.0)
+    mlflow_guard.slow(3.0)  # ample time for down() to come first on a busy machine
     worker = threading.Thread(target=create)
     worker.start()
     while not mlflow_guard.count("POST", "experiments/create") and worker.is_alive():
