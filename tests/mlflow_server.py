@@ -12,7 +12,8 @@ It also checks the bearer token, as GitLab does, and GitLab's stricter rules:
 
 Faults: :meth:`Guard.fail` (an error answer, optionally after forwarding: the
 server saved it, the client sees the error), :meth:`Guard.down` / :meth:`Guard.up`
-(connections refused), :meth:`Guard.slow`.
+(down for every client: new connections refused, kept-alive ones cut, a request
+caught in the guard dropped unforwarded), :meth:`Guard.slow`.
 """
 
 from __future__ import annotations
@@ -156,6 +157,10 @@ class Guard:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        #: bumped by down(): a request that started before it is dropped, never forwarded or answered
+        self._epoch = 0
+        self._busy = 0
+        self._idle = threading.Condition()
 
     # -- control -------------------------------------------------------------------------
 
@@ -190,7 +195,9 @@ class Guard:
         return self
 
     def down(self) -> None:
-        """Stop listening: new connections are refused until :meth:`up`."""
+        """Down for every client until :meth:`up`: new connections refused, open ones cut, none forwarded."""
+        with self._lock:
+            self._epoch += 1
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -201,6 +208,11 @@ class Guard:
             except OSError:
                 pass
         self._conns.clear()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no request is inside the guard (e.g. one held by :meth:`slow` when it went down)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     @property
     def is_up(self) -> bool:
@@ -303,6 +315,29 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         guard = self.owner
+        with guard._idle:
+            guard._busy += 1
+        try:
+            self._handle_counted()
+        finally:
+            with guard._idle:
+                guard._busy -= 1
+                guard._idle.notify_all()
+
+    def _gone(self, epoch: int) -> bool:
+        """True (and the connection dropped) when the guard went down since this request arrived."""
+        if self.owner._epoch == epoch and self.owner.is_up:
+            return False
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return True
+
+    def _handle_counted(self) -> None:
+        guard = self.owner
+        epoch = guard._epoch
         method = self.command
         path = urlsplit(self.path).path
         body = self._body()
@@ -314,6 +349,8 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
         if guard.delay:
             time.sleep(guard.delay)
+        if self._gone(epoch):  # a server that went away neither saves nor answers what was under way
+            return
         refused = guard.verdict(method, path, body, self.headers)
         if refused is not None:
             status, code, why = refused
@@ -325,6 +362,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._fault(fault)
             return
         status, headers, data = self._forward(method, body)
+        if self._gone(epoch):
+            return
         if fault is not None:
             self._fault(fault)
             return

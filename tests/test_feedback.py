@@ -492,7 +492,7 @@ def test_a_forged_comet_asset_is_refused(comet, tmp_path):
     exp.assets.append(Asset("forged2", "f" * 64 + ".json", json.dumps(lying).encode()))
     b = LocalFeedbackStore(tmp_path / "b")
     result = shared.sync(b)
-    assert result.refused == 2 and len(b.records()) == 2  # the label-12 drawing is not kept; the renamed one is, under its true hash
+    assert result.refused == 2 and len(b.records()) == 1  # neither the label-12 drawing nor the renamed one is kept
     assert "f" * 64 not in {r.hash for r in b.records()}
 
 

@@ -220,8 +220,7 @@ def test_gate_cannot_judge_when_the_registry_is_down(mlflow_guard, tmp_path: Pat
     tracker = SqliteTracker()
     add_run(tracker, "cand", {"test_accuracy": 0.99})
     assert compare("cand", tracker=tracker, registry=reg).judged
-    mlflow_guard.down()
-    reg = MlflowRegistry()  # a new connection: the guard's down() refuses new ones only
+    mlflow_guard.down()  # its kept-alive connection is cut too
     with pytest.raises(RegistryError, match="could not be reached"):
         reg.production_reference(name)
     c = compare("cand", tracker=tracker, registry=reg)

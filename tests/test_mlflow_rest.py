@@ -186,3 +186,54 @@ def test_artifact_roundtrip_is_byte_identical(client: MlflowRest, tmp_path: Path
     with pytest.raises(MlflowRefused):
         client.download_artifact(run, "absent.bin", tmp_path / "absent.bin")
     assert not (tmp_path / "absent.bin").exists()
+
+
+def test_guard_down_cuts_kept_alive_connections_too(client: MlflowRest, mlflow_guard: Guard) -> None:
+    import http.client
+
+    eid = _experiment(client)  # the client's session now holds a kept-alive connection
+    raw = http.client.HTTPConnection("127.0.0.1", mlflow_guard.port, timeout=5)
+    raw.request("GET", "/health")
+    raw.getresponse().read()
+    seen = len(mlflow_guard.requests)
+    mlflow_guard.down()
+    with pytest.raises(MlflowUnavailable):
+        client.call("GET", "experiments/get", {"experiment_id": eid})
+    with pytest.raises(MlflowUnavailable):
+        client.call("POST", "runs/create", {"experiment_id": eid})
+    with pytest.raises((OSError, http.client.HTTPException)):
+        raw.request("GET", "/health")
+        raw.getresponse().read()
+    assert len(mlflow_guard.requests) == seen  # nothing reached the guard while it was down
+    mlflow_guard.refused.clear()  # the /health probe above (not in GitLab's subset) was refused before down
+    mlflow_guard.up()
+    assert client.call("GET", "experiments/get", {"experiment_id": eid})["experiment"]["experiment_id"] == eid
+
+
+def test_guard_down_during_a_request_does_not_forward_it(client: MlflowRest, mlflow_guard: Guard) -> None:
+    import threading
+
+    name = f"late-{uuid.uuid4().hex[:8]}"
+    outcome: list[BaseException | None] = []
+
+    def create() -> None:
+        try:
+            client.call("POST", "experiments/create", {"name": name})
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion below
+            outcome.append(exc)
+
+    mlflow_guard.slow(3.0)  # ample time for down() to come first on a busy machine
+    worker = threading.Thread(target=create)
+    worker.start()
+    while not mlflow_guard.count("POST", "experiments/create") and worker.is_alive():
+        time.sleep(0.01)
+    mlflow_guard.down()  # the request is in the guard (held by slow()) when the server goes away
+    worker.join(30)
+    assert mlflow_guard.wait_idle()  # the held request has left the guard, one way or the other
+    mlflow_guard.slow(0.0)
+    mlflow_guard.up()
+    assert len(outcome) == 1 and isinstance(outcome[0], MlflowUnavailable)
+    with pytest.raises(MlflowRefused) as info:
+        client.call("GET", "experiments/get-by-name", {"experiment_name": name})
+    assert info.value.error_code == "RESOURCE_DOES_NOT_EXIST"  # a server that was down saved nothing

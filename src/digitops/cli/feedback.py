@@ -72,15 +72,33 @@ def stats_cmd(as_json: bool) -> None:
     click.echo(confusion_text(result["confusion"]))
 
 
+def _destination() -> Any:
+    """The shared destination of the backend (:mod:`digitops.feedback.comet` or ``.mlflow``), None when embedded."""
+    from digitops import config
+    from digitops.errors import ConfigError
+
+    try:
+        backend = config.backend()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if backend == "comet":
+        from digitops.feedback import comet as shared
+    elif backend == "mlflow":
+        from digitops.feedback import mlflow as shared
+    else:
+        return None
+    return shared
+
+
 @feedback_cmd.command("sync")
 def sync_cmd() -> None:
-    """With Comet on: send this machine's drawings to the shared experiment and receive the others'."""
-    from digitops import config
+    """With Comet or MLflow on: send this machine's drawings to the shared destination and receive the others'."""
     from digitops.feedback import FeedbackError
-    from digitops.feedback import comet as shared
 
-    if not config.comet_enabled():
-        raise click.ClickException("Comet is not set up (no COMET_API_KEY): drawings stay in this machine's store")
+    shared = _destination()
+    if shared is None:
+        raise click.ClickException("Comet is not set up (no COMET_API_KEY), nor MLflow (no MLFLOW_TRACKING_URI): "
+                                   "drawings stay in this machine's store")
     try:
         click.echo(shared.sync(_store()).line())
     except FeedbackError as exc:
@@ -92,15 +110,13 @@ def sync_cmd() -> None:
 def export_cmd(if_any: bool) -> None:
     """Write the drawings as a versioned, checksummed NPZ (what evaluation and training load).
 
-    With Comet on, the shared experiment's drawings are received first (see `sync`).
+    With Comet or MLflow on, the shared destination's drawings are received first (see `sync`).
     """
-    from digitops import config
     from digitops.feedback import FeedbackError, dataset
 
     store = _store()
-    if config.comet_enabled():
-        from digitops.feedback import comet as shared
-
+    shared = _destination()
+    if shared is not None:
         try:
             click.echo(shared.sync(store).line())
         except FeedbackError as exc:

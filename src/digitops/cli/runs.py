@@ -27,6 +27,32 @@ def reap(active: Any) -> None:
         click.echo(f"run {run_id} was still marked running but its process is gone: marked abandoned", err=True)
 
 
+def listed(active: Any, project: str | None, status: str | None, limit: int) -> list[Any]:
+    """The tracker's runs; with the MLflow server unreadable, this machine's runs and one warning line.
+
+    Listing decides nothing, so it falls back where ``compare`` fails closed: the
+    warning names the runs still pending sync (only here until ``digitops sync``).
+    """
+    from digitops.mlflow.tracker import MlflowTracker
+    from digitops.tracking.base import TrackingError
+
+    try:
+        return active.list_runs(project=project, status=status, limit=limit)
+    except TrackingError as exc:
+        if not isinstance(active, MlflowTracker):
+            raise
+        from digitops.mlflow.state import pending_runs
+
+        found = active.local.list_runs(project=project, status=status, limit=limit)
+        pending = pending_runs()
+        shown = ", ".join(pending[:10]) + (f" and {len(pending) - 10} more" if len(pending) > 10 else "")
+        click.echo(" ".join(
+            f"Warning: the MLflow server could not be read ({exc}); listing this machine's runs only; "
+            f"{'still pending sync: ' + shown if pending else 'none pending sync'}".split()
+        ), err=True)
+        return found
+
+
 def _num(metric: str, value: float | None) -> str:
     return fmt_value(metric, value) if value is not None and not math.isnan(value) else "—"
 
@@ -50,7 +76,7 @@ def runs_list(project: str | None, status: str | None, limit: int, metric: str, 
     """Runs of the project, newest first."""
     active = tracker()
     reap(active)
-    found = active.list_runs(project=project, status=status, limit=limit)
+    found = listed(active, project, status, limit)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in found], indent=2, default=str))
         return

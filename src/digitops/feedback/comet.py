@@ -16,50 +16,22 @@ propagated (each keeps its own); uploads happen at sync time, not per click.
 
 from __future__ import annotations
 
-import base64
-import json
 import shutil
 import tempfile
-from dataclasses import dataclass
 from typing import Any
 
 from digitops import comet_env, config
 from digitops.feedback import FeedbackError, FeedbackStoreError
-from digitops.feedback.store import LocalFeedbackStore, Record
+from digitops.feedback.exchange import KEPT, REFUSED, SyncResult, payload, receive
+from digitops.feedback.store import LocalFeedbackStore
 
 EXPERIMENT_NAME = "digitops-field-drawings"
 PROJECT_SUFFIX = "-field-drawings"
 
 
-@dataclass(frozen=True)
-class SyncResult:
-    """What one sync did."""
-
-    pushed: int
-    pulled: int
-    refused: int
-    experiment_key: str | None
-
-    def line(self) -> str:
-        """One line for people."""
-        where = f"Comet experiment {self.experiment_key}" if self.experiment_key else "Comet"
-        text = f"{where}: {self.pushed} drawing(s) sent, {self.pulled} received"
-        return text + (f", {self.refused} refused (not the drawing their name promises)" if self.refused else "")
-
-
 def project() -> str:
     """The Comet project holding the dedicated experiment."""
     return config.project_name() + PROJECT_SUFFIX
-
-
-def _payload(store: LocalFeedbackStore, record: Record) -> str:
-    canvas = (store.drawings / f"{record.hash}.png").read_bytes()
-    return json.dumps({
-        "hash": record.hash, "label": record.label, "predicted": record.predicted,
-        "probabilities": record.probabilities, "model_name": record.model_name,
-        "model_version": record.model_version, "created_at": record.created_at,
-        "canvas_png": base64.b64encode(canvas).decode("ascii"),
-    })
 
 
 def sync(store: LocalFeedbackStore) -> SyncResult:
@@ -96,19 +68,9 @@ def _sync(store: LocalFeedbackStore) -> SyncResult:
     for digest, (exp, asset_id) in sorted(remote.items()):
         if digest in local:
             continue
-        try:
-            data = json.loads(exp.get_asset(asset_id, return_type="binary"))
-            outcome = store.add(base64.b64decode(data["canvas_png"]), data["label"], predicted=data.get("predicted"),
-                                probabilities=data.get("probabilities"), model_name=data["model_name"],
-                                model_version=data["model_version"])
-        except FeedbackStoreError:
-            raise
-        except (FeedbackError, ValueError, KeyError, TypeError):
-            refused += 1  # not a drawing this store accepts: left in Comet, never kept here
-            continue
-        if outcome.record.hash != digest:
-            refused += 1  # kept under its true hash, but counted: the asset's name lied
-        pulled += 1
+        kept = receive(store, exp.get_asset(asset_id, return_type="binary"), digest)
+        refused += kept == REFUSED  # left in Comet, never kept here
+        pulled += kept == KEPT
 
     missing = [r for h, r in local.items() if h not in remote]
     key = dedicated[0].key if dedicated else None
@@ -125,7 +87,7 @@ def _sync(store: LocalFeedbackStore) -> SyncResult:
                 exp.set_name(EXPERIMENT_NAME)
             key = exp.get_key()
             for record in missing:
-                exp.log_asset_data(_payload(store, record), name=f"{record.hash}.json", overwrite=True,
+                exp.log_asset_data(payload(store, record), name=f"{record.hash}.json", overwrite=True,
                                    metadata={"label": record.label})
             if not exp.flush() or not exp.alive:
                 raise FeedbackStoreError("the field drawings could not all be sent to Comet; they are kept here "
