@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from digitops.comet.queries import summarise
+from digitops.mlflow.index import INDEX_TAG
 from digitops.mlflow.rest import MlflowRefused
 from digitops.mlflow.state import CHECKSUM_TAG, COMMIT_TAG, FINGERPRINT_TAG, RUN_TAG, STATUS, STATUS_TAG
 from digitops.tracking.base import FINISHED, METRICS_REUSED_FROM, STATUSES, MetricSummary, RunRecord, TrackingError
@@ -90,6 +91,12 @@ def _finished_rows(
     memo = tracker.memo.get(key)
     if memo is not None and time.monotonic() - memo[0] < MEMO_S:
         return memo[1]
+    from digitops.mlflow import index
+
+    found = index.rows(tracker, project, excluded, data_checksum)  # one request; None: not trusted
+    if found is not None:
+        tracker.memo[key] = (time.monotonic(), found)
+        return found
     rows = []
     for run in _runs(tracker, project, finished_filter(data_checksum, sorted(excluded))):
         tags, info = _tags(run), run.get("info") or {}
@@ -170,6 +177,8 @@ def list_runs(
             tracker, project, " and ".join(parts), order_by=["attributes.start_time DESC"], max_results=limit
         ):
             info = run.get("info") or {}
+            if INDEX_TAG in _tags(run):
+                continue  # the index run (digitops.mlflow.index) is no digitops run
             rec = record_of(run, project, run_url(tracker.client.uri, str(info.get("experiment_id")), str(info.get("run_id"))))
             if status is None or rec.status == status:
                 out.append(rec)
