@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from digitops import config
 from digitops.mlflow import index
 from digitops.mlflow.state import pending_runs
 from digitops.mlflow.tracker import MlflowTracker, sync_pending
@@ -119,9 +120,13 @@ def test_concurrent_writers_all_land(mlflow_guard: Guard, monkeypatch: pytest.Mo
     for t in threads:
         t.join(300)
     assert not errors and pending_runs() == [], (errors, pending_runs())
+    # Runs raced the index's creation: it is not complete until sync checks every run has an entry.
+    assert sync_pending() == [f"index of {config.project_name()}: built (0 entries written)"]
     tracker = MlflowTracker()
+    calls, searches = mlflow_guard.count("POST", "runs/search"), searches_for_index(mlflow_guard)
     summary = tracker.metric_summary("test_accuracy", data_checksum=CHECKSUM)
-    assert summary.count == 6 and summary.best_run_id == "run-t5"
+    assert mlflow_guard.count("POST", "runs/search") - calls == 1 and searches_for_index(mlflow_guard) == searches + 1
+    assert summary.count == 6 and summary.best_run_id == "run-t5"  # every writer's entry, whichever index run it chose
     assert same(summary, full_search(tracker, monkeypatch, "test_accuracy", data_checksum=CHECKSUM))
 
 
@@ -172,5 +177,8 @@ def test_server_down_raises(mlflow_guard: Guard) -> None:
     finished(tracker, "run-d", 0.9)
     assert tracker.metric_summary("test_accuracy").count == 1
     mlflow_guard.down()
+    tracker.memo.clear()  # the experiment id is remembered: the index read itself meets the server down
+    with pytest.raises(TrackingError, match="cannot be read"):
+        tracker.metric_summary("test_accuracy")
     with pytest.raises(TrackingError, match="cannot be read"):
         MlflowTracker().metric_summary("test_accuracy")
