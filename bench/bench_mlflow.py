@@ -17,7 +17,7 @@ of ``repeats``, through :class:`digitops.mlflow.tracker.MlflowTracker` over HTTP
 - ``list_runs(limit=20)`` (``digitops runs list``) and ``list_runs()`` (every run).
 
 - the index: the seeding also writes the project's complete INDEX RUN
-  (:mod:`digitops.mlflow.index`: tag and metric ``digitops.index``, one entry tag per
+  (:mod:`digitops.mlflow.index`: tag ``digitops.index``, metric ``digitops_index``, one entry tag per
   run, as the mirror writes them), so ``metric_summary`` and ``compare`` read ONE
   ``runs/search`` answer; ``full_search_s`` is the same summary with the index
   ignored (the fallback: every run, paged), and the two summaries must be equal.
@@ -78,7 +78,7 @@ def seed(db: Path, artifacts: Path, n: int, seed_: int = 0, index: bool = True) 
     store.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
                     tags=[RunTag(k, v) for k, v in tags.items()])
     store.update_run_info(rid, RunStatus.FINISHED, t0 + 20, None)
-    from digitops.mlflow.index import COMPLETE_TAG, ENTRY_PREFIX, INDEX_NAME, INDEX_TAG, _entry
+    from digitops.mlflow.index import COMPLETE_TAG, ENTRY_PREFIX, INDEX_METRIC, INDEX_NAME, INDEX_TAG, _entry
 
     index_id = None
     if index:
@@ -86,7 +86,7 @@ def seed(db: Path, artifacts: Path, n: int, seed_: int = 0, index: bool = True) 
         idx = store.create_run(eid, user_id="", start_time=t0, run_name=INDEX_NAME,
                                tags=[RunTag(INDEX_TAG, EXPERIMENT), RunTag(COMPLETE_TAG, str(t0))])
         index_id = idx.info.run_id
-        store.log_batch(index_id, metrics=[Metric(INDEX_TAG, 1.0, 0, 0)], params=[], tags=[])
+        store.log_batch(index_id, metrics=[Metric(INDEX_METRIC, 1.0, 0, 0)], params=[], tags=[])
     store.engine.dispose()
     latest = {m.key: m.value for m in metrics if m.step == 4 and m.timestamp == t0 + 10}
     latest.update({m.key: m.value for m in metrics if m.timestamp == t0 + 4})
@@ -255,7 +255,7 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join([
         f"MLflow backend against {r['runs']:,} runs in a real mlflow server (median of {r['repeats']})",
         f"  seed {r['seed_s']:.1f} s (SqlAlchemyStore template + row copies), server start {r['server_start_s']:.1f} s",
-        f"  metric_summary   {r['metric_summary_s']:>7.3f} s  {r['metric_summary_requests']} request(s) (the index run)",
+        f"  metric_summary   {r['metric_summary_s']:>7.3f} s  {r['metric_summary_requests']} requests (experiment, index run)",
         f"  full search      {r['full_search_s']:>7.3f} s  {r['full_search_requests']} requests (no index: every run, "
         f"paged); the index is {r['index_speedup']:.0f}x faster (runs/get of it {r['index_runs_get_s']:.3f} s)",
         f"  compare          {r['compare_s']:>7.3f} s  {r['compare_requests']} requests  "

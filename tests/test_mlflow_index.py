@@ -182,3 +182,25 @@ def test_server_down_raises(mlflow_guard: Guard) -> None:
         tracker.metric_summary("test_accuracy")
     with pytest.raises(TrackingError, match="cannot be read"):
         MlflowTracker().metric_summary("test_accuracy")
+
+
+def test_server_refusing_the_index_search_reads_every_run(mlflow_guard: Guard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that refuses the order by metric (4xx) has no index: runs are not kept pending, compare reads all."""
+    from digitops.mlflow.rest import MlflowRefused, MlflowRest
+
+    real = MlflowRest.search_runs
+
+    def refusing(self: MlflowRest, experiment_id: str, filter_string: str = "", order_by: Any = None, **kw: Any) -> Any:
+        if order_by and "digitops_index" in order_by[0]:
+            raise MlflowRefused("refused", status=400, error_code="INVALID_PARAMETER_VALUE")
+        return real(self, experiment_id, filter_string, order_by, **kw)
+
+    monkeypatch.setattr(MlflowRest, "search_runs", refusing)
+    tracker = get_tracker()
+    finished(tracker, "run-u1", 0.9)
+    finished(tracker, "run-u2", 0.94)
+    assert pending_runs() == []
+    assert not [b for b in mlflow_guard.sent("runs/create") if "digitops.index" in str(b.get("tags"))]
+    summary = tracker.metric_summary("test_accuracy")
+    assert (summary.count, summary.best_run_id) == (2, "run-u2")
+    assert "index of" in sync_pending()[0]  # says it could not build one, and why

@@ -8,9 +8,12 @@ metrics, "r": 1 if its metrics are reused, "id": MLflow run id, "w": write ms}``
 and a comparison reads it with ONE ``runs/search`` (bench/bench_mlflow.py).
 
 Finding it. The index run carries the tag ``digitops.index`` = the project and the
-metric ``digitops.index`` = 1. The search filters on the tag (mlflow server honours
+metric ``digitops_index`` = 1. The search filters on the tag (mlflow server honours
 it) and orders by the metric (GitLab ignores ``filter`` but orders by a metric with an
-INNER JOIN, so only runs having it come back); the tag is checked again here.
+INNER JOIN, so only runs having it come back; it splits ``metrics.<name>`` at dots and
+keeps no backticks, hence a plain name); the tag is checked again here. A server that
+refuses that search (4xx) has no usable index: nothing is written, comparisons read
+every run.
 
 Writers never lose each other's entries: each writes its own key (MLflow's set-tag is
 an upsert; GitLab keeps a key once, so the key carries a digest of the content, and a
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
     from digitops.mlflow.tracker import MlflowTracker
 
 INDEX_TAG = "digitops.index"
+#: what GitLab can find the index run by (see the module docstring)
+INDEX_METRIC = "digitops_index"
 COMPLETE_TAG = "digitops.index.complete"
 ENTRY_PREFIX = "digitops.result."
 INDEX_NAME = "digitops-index"
@@ -96,16 +101,26 @@ def _entry_of_row(run: dict[str, Any]) -> tuple[str, str] | None:
     return f"{ENTRY_PREFIX}{run_id}.{digest}", value
 
 
+class Unsupported(TrackingError):
+    """The server refuses the search that finds the index run: no index there."""
+
+
 def index_runs(client: MlflowRest, experiment_id: str, project: str) -> list[dict[str, Any]]:
     """The project's index runs (with their tags), oldest first; [] when the project name cannot be filtered on."""
     if not _SAFE.match(project):
         return []
+    try:
+        runs = list(client.search_runs(
+            experiment_id, f"tags.`{INDEX_TAG}` = '{project}'", order_by=[f"metrics.{INDEX_METRIC} DESC"],
+            page_size=20, max_results=20,
+        ))
+    except MlflowRefused as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise Unsupported(str(exc)) from exc
     found = [
         r
-        for r in client.search_runs(
-            experiment_id, f"tags.`{INDEX_TAG}` = '{project}'", order_by=[f"metrics.`{INDEX_TAG}` DESC"],
-            page_size=20, max_results=20,
-        )
+        for r in runs
         if _tags(r).get(INDEX_TAG) == project and (r.get("info") or {}).get("lifecycle_stage", "active") == "active"
     ]
     found.sort(key=lambda r: (int(r["info"].get("start_time") or 0), str(r["info"]["run_id"])))
@@ -133,7 +148,7 @@ def ensure(client: MlflowRest, experiment_id: str, project: str, self_run: str |
         "POST", "runs/create", {"experiment_id": experiment_id, "start_time": now, "run_name": INDEX_NAME, "tags": tags}
     )["run"]["info"]["run_id"]
     # The metric is what GitLab can find it by (see the module docstring).
-    client.call("POST", "runs/log-batch", {"run_id": created, "metrics": [{"key": INDEX_TAG, "value": 1.0, "timestamp": now, "step": 0}]})
+    client.call("POST", "runs/log-batch", {"run_id": created, "metrics": [{"key": INDEX_METRIC, "value": 1.0, "timestamp": now, "step": 0}]})
     found = index_runs(client, experiment_id, project)  # somebody else may have created one too: the oldest wins
     return str(found[0]["info"]["run_id"]) if found else str(created)
 
@@ -185,7 +200,10 @@ def rows(
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None  # the full search says "no runs" the same way
         raise
-    entries = read(tracker.client, eid, project)
+    try:
+        entries = read(tracker.client, eid, project)
+    except Unsupported:
+        return None  # this server cannot find an index: the full search answers
     if entries is None:
         return None
     out = []

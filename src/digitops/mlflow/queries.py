@@ -1,12 +1,15 @@
-"""Reads for comparisons and listings from the MLflow server: filtered server-side, page by page.
+"""Reads for comparisons and listings from the MLflow server: the index run, else filtered and paged.
 
-:func:`metric_summary` asks ``runs/search`` for the experiment's finished digitops
-runs (``attributes.status``, ``tags.`digitops.status```, ``tags.`digitops.data_checksum```,
+:func:`metric_summary` reads the project's index run (:mod:`digitops.mlflow.index`:
+one tag per finished run, ONE ``runs/search``) when it is complete. Otherwise it
+asks ``runs/search`` for the experiment's finished digitops runs
+(``attributes.status``, ``tags.`digitops.status```, ``tags.`digitops.data_checksum```,
 the excluded run ids) in pages of :data:`PAGE` runs, so its cost grows with pages,
 not with runs; each row carries the run's latest metric values, so no request is
 made per run. Every condition is checked again on the rows (a server that ignores
 part of a filter must not widen the history). Any failure raises
-:class:`TrackingError`: a partial history is no history (fail closed).
+:class:`TrackingError`: a partial history is no history (fail closed). Listings
+skip the index run (it has no ``digitops.*`` run tags, so the finished filters never match it).
 """
 
 from __future__ import annotations

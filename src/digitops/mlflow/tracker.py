@@ -209,9 +209,13 @@ class MlflowTracker(LocalFirst):
         # The run is FINISHED in the server before its index entry exists; a failure here leaves it pending.
         entry = index.entry_of(rec, target, t0, str(state.mlflow_run_id))
         if entry is not None and state.indexed != entry[0]:
-            index.write_entry(client, str(state.experiment_id), rec.project, rec.run_id, *entry)
-            state.indexed = entry[0]
-            items += 1
+            try:
+                index.write_entry(client, str(state.experiment_id), rec.project, rec.run_id, *entry)
+            except index.Unsupported:
+                pass  # no index on this server: comparisons read every run (nothing to keep pending)
+            else:
+                state.indexed = entry[0]
+                items += 1
         state.sent = asdict(target)
         state.pending = None
         state.save()
