@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 from typing import TYPE_CHECKING, Any, Iterable
@@ -80,7 +81,8 @@ def entry_of(rec: RunRecord, target: Mirror, start: int, mlflow_id: str) -> tupl
     if rec.status != FINISHED:
         return None
     # MLflow's latest value of a key: the last finite epoch, or the final logged after it.
-    metrics = {k: v[-1] for k, v in target.history.items() if v and v[-1] == v[-1] and abs(v[-1]) != float("inf")}
+    last = {k: [x for x in v if math.isfinite(x)] for k, v in target.history.items()}
+    metrics = {k: v[-1] for k, v in last.items() if v}
     metrics.update(target.metrics)
     digest, value = _entry(FINISHED, rec.data_checksum, start, metrics, bool(rec.tags.get(METRICS_REUSED_FROM)), mlflow_id)
     return f"{ENTRY_PREFIX}{rec.run_id}.{digest}", value
@@ -180,8 +182,11 @@ def read(client: MlflowRest, experiment_id: str, project: str) -> dict[str, dict
             if not key.startswith(ENTRY_PREFIX):
                 continue
             run_id = key[len(ENTRY_PREFIX):].rpartition(".")[0]
-            entry = json.loads(value)
-            if entry.get("x"):
+            try:
+                entry = json.loads(value)
+            except ValueError:
+                return None  # a damaged entry (edited by hand?): only the full search can be trusted
+            if not isinstance(entry, dict) or entry.get("x"):
                 return None  # too large for a tag: only the full search knows its metrics
             # A run re-ended (evaluate after train) has one entry per content: the last written counts.
             mine = (int(entry.get("w") or 0), key, entry)

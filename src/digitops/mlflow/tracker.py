@@ -22,6 +22,9 @@ record is complete, the run is marked pending (one warning line, the command's
 exit status unchanged) and :func:`sync_pending` (``digitops sync``) later reads
 back what the server holds and sends what it lacks.
 
+Once a finished run is FINISHED in the server, its entry goes into the project's
+index run (:mod:`digitops.mlflow.index`; a failure there leaves the run pending), and
+``digitops sync`` makes the index complete for runs mirrored before it existed.
 Reads for comparisons go to the server (:mod:`digitops.mlflow.queries`) and fail
 closed with :class:`TrackingError`.
 """
