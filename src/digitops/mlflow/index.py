@@ -113,8 +113,8 @@ def index_runs(client: MlflowRest, experiment_id: str, project: str) -> list[dic
         return []
     try:
         runs = list(client.search_runs(
-            experiment_id, f"tags.`{INDEX_TAG}` = '{project}'", order_by=[f"metrics.{INDEX_METRIC} DESC"],
-            page_size=20, max_results=20,
+            # Every page: an entry in a run beyond the first page would otherwise be missed.
+            experiment_id, f"tags.`{INDEX_TAG}` = '{project}'", order_by=[f"metrics.{INDEX_METRIC} DESC"], page_size=20,
         ))
     except MlflowRefused as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
