@@ -7,6 +7,8 @@
     entry write fails: run silently missing from history      test_entry_write_failing_leaves_the_run_pending_then_sync_writes_it
     runs mirrored before the index: a smaller history         test_runs_before_the_index_count_until_sync_builds_it_once
     server down: the index path answers from nothing          test_server_down_raises
+    a server refusing the index search: runs kept pending     test_server_refusing_the_index_search_reads_every_run
+    entry over GitLab's 5,000 characters: a run without metrics test_entry_too_large_for_a_tag_means_the_full_search
 """
 
 from __future__ import annotations
@@ -204,3 +206,15 @@ def test_server_refusing_the_index_search_reads_every_run(mlflow_guard: Guard, m
     summary = tracker.metric_summary("test_accuracy")
     assert (summary.count, summary.best_run_id) == (2, "run-u2")
     assert "index of" in sync_pending()[0]  # says it could not build one, and why
+
+
+def test_entry_too_large_for_a_tag_means_the_full_search(mlflow_guard: Guard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GitLab keeps 5,000 characters a tag: an entry over it holds no metrics, and the index is not trusted."""
+    tracker = get_tracker()
+    finished(tracker, "run-s", 0.9)
+    monkeypatch.setattr(index, "VALUE_MAX", 60)  # as if run-l logged hundreds of metrics
+    finished(tracker, "run-l", 0.95)
+    assert pending_runs() == []
+    tracker.memo.clear()
+    summary = tracker.metric_summary("test_accuracy")
+    assert (summary.count, summary.best_run_id) == (2, "run-l")
