@@ -16,6 +16,13 @@ of ``repeats``, through :class:`digitops.mlflow.tracker.MlflowTracker` over HTTP
   metric and three extra metrics; the embedded registry holds no production);
 - ``list_runs(limit=20)`` (``digitops runs list``) and ``list_runs()`` (every run).
 
+- the index: the seeding also writes the project's complete INDEX RUN
+  (:mod:`digitops.mlflow.index`: tag ``digitops.index``, metric ``digitops_index``, one entry tag per
+  run, as the mirror writes them), so ``metric_summary`` and ``compare`` read ONE
+  ``runs/search`` answer; ``full_search_s`` is the same summary with the index
+  ignored (the fallback: every run, paged), and the two summaries must be equal.
+  ``runs/get`` of the index run is timed too.
+
 The target is at most 2 s for the comparison (issue 15). Each timed call uses a
 fresh tracker (nothing read before is reused, as in a CI job); requests per call
 are counted by wrapping ``MlflowRest.call``.
@@ -47,8 +54,8 @@ CHECKSUM = "0123456789abcdef" * 4
 EXPERIMENT = "bench-mlflow"
 
 
-def seed(db: Path, artifacts: Path, n: int, seed_: int = 0) -> float:
-    """Write ``n`` finished digitops-like runs into a new MLflow SQLite store; returns seconds."""
+def seed(db: Path, artifacts: Path, n: int, seed_: int = 0, index: bool = True) -> float:
+    """Write ``n`` finished digitops-like runs (and, with ``index``, the index run) into a new store; seconds."""
     from mlflow.entities import Metric, Param, RunStatus, RunTag
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -71,7 +78,18 @@ def seed(db: Path, artifacts: Path, n: int, seed_: int = 0) -> float:
     store.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
                     tags=[RunTag(k, v) for k, v in tags.items()])
     store.update_run_info(rid, RunStatus.FINISHED, t0 + 20, None)
+    from digitops.mlflow.index import COMPLETE_TAG, ENTRY_PREFIX, INDEX_METRIC, INDEX_NAME, INDEX_TAG, _entry
+
+    index_id = None
+    if index:
+        # Created by the store like any run; its entry tags are row copies below (a few seconds, not minutes).
+        idx = store.create_run(eid, user_id="", start_time=t0, run_name=INDEX_NAME,
+                               tags=[RunTag(INDEX_TAG, EXPERIMENT), RunTag(COMPLETE_TAG, str(t0))])
+        index_id = idx.info.run_id
+        store.log_batch(index_id, metrics=[Metric(INDEX_METRIC, 1.0, 0, 0)], params=[], tags=[])
     store.engine.dispose()
+    latest = {m.key: m.value for m in metrics if m.step == 4 and m.timestamp == t0 + 10}
+    latest.update({m.key: m.value for m in metrics if m.timestamp == t0 + 4})
 
     rng = random.Random(seed_)
     con = sqlite3.connect(db)
@@ -102,6 +120,14 @@ def seed(db: Path, artifacts: Path, n: int, seed_: int = 0) -> float:
                         row["value"] = acc
                     out.append(tuple(row[c] for c in cols))
             con.executemany(f"INSERT INTO {t} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", out)
+        if index_id is not None:
+            runs = [(rid, "template", 0.97, t0)] + [(new, name, acc, t0 + i * 1000) for i, (new, name, acc) in enumerate(copies, 1)]
+            entries = [(name, _entry("finished", CHECKSUM, start, {**latest, "test_accuracy": acc}, False, new))
+                       for new, name, acc, start in runs]
+            con.executemany(
+                "INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
+                [(f"{ENTRY_PREFIX}{name}.{digest}", value, index_id) for name, (digest, value) in entries],
+            )
     con.close()
     return time.perf_counter() - started
 
@@ -139,6 +165,7 @@ def run(runs: int = RUNS, repeats: int = 5) -> dict[str, Any]:
 
 def _measure(runs: int, repeats: int, seed_s: float, start_s: float) -> dict[str, Any]:
     from digitops.compare import compare
+    from digitops.mlflow import index
     from digitops.mlflow.rest import MlflowRest
     from digitops.mlflow.tracker import MlflowTracker
     from digitops.registry.sqlite import SqliteRegistry
@@ -164,6 +191,14 @@ def _measure(runs: int, repeats: int, seed_s: float, start_s: float) -> dict[str
             "test_accuracy", project=EXPERIMENT, exclude=["candidate"], data_checksum=CHECKSUM
         )
 
+    def full_search() -> Any:
+        # The fallback when no trusted index exists: every finished run, paged.
+        real_read, index.read = index.read, (lambda *a: None)
+        try:
+            return summary()
+        finally:
+            index.read = real_read
+
     def full() -> Any:
         return compare("candidate", tracker=MlflowTracker(), registry=registry)
 
@@ -179,13 +214,29 @@ def _measure(runs: int, repeats: int, seed_s: float, start_s: float) -> dict[str
         full()
         compare_requests = calls["n"]
         assert len(MlflowTracker().list_runs(project=EXPERIMENT, limit=20)) == 20
+        client = MlflowRest()
+        by_search = full_search()
+        # The index must say exactly what the full search says, or it is not worth its speed.
+        assert (by_search.count, by_search.best_run_id, by_search.best) == (first.count, first.best_run_id, first.best)
+        assert abs(by_search.mean - first.mean) < 1e-12, (by_search, first)
+        calls["n"] = 0
+        full_search()
+        search_requests = calls["n"]
+        (index_run,) = index.index_runs(client, client.experiment_id(EXPERIMENT, create=False), EXPERIMENT)
+        index_id = index_run["info"]["run_id"]
+        full_s = _median(full_search, repeats)
+        index_s = _median(summary, repeats)
         return {
             "runs": runs,
             "repeats": repeats,
             "seed_s": seed_s,
             "server_start_s": start_s,
-            "metric_summary_s": _median(summary, repeats),
+            "metric_summary_s": index_s,
             "metric_summary_requests": summary_requests,
+            "full_search_s": full_s,
+            "full_search_requests": search_requests,
+            "index_speedup": full_s / index_s if index_s else None,
+            "index_runs_get_s": _median(lambda: MlflowRest().call("GET", "runs/get", {"run_id": index_id}), repeats),
             "compare_s": _median(full, repeats),
             "compare_requests": compare_requests,
             "list_runs_20_s": _median(lambda: MlflowTracker().list_runs(project=EXPERIMENT, limit=20), repeats),
@@ -204,7 +255,9 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join([
         f"MLflow backend against {r['runs']:,} runs in a real mlflow server (median of {r['repeats']})",
         f"  seed {r['seed_s']:.1f} s (SqlAlchemyStore template + row copies), server start {r['server_start_s']:.1f} s",
-        f"  metric_summary   {r['metric_summary_s']:>7.3f} s  {r['metric_summary_requests']} requests",
+        f"  metric_summary   {r['metric_summary_s']:>7.3f} s  {r['metric_summary_requests']} requests (experiment, index run)",
+        f"  full search      {r['full_search_s']:>7.3f} s  {r['full_search_requests']} requests (no index: every run, "
+        f"paged); the index is {r['index_speedup']:.0f}x faster (runs/get of it {r['index_runs_get_s']:.3f} s)",
         f"  compare          {r['compare_s']:>7.3f} s  {r['compare_requests']} requests  "
         f"({verdict} the {r['target_s']:.0f} s target)",
         f"  list_runs(20)    {r['list_runs_20_s']:>7.3f} s",

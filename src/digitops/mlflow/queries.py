@@ -1,12 +1,15 @@
-"""Reads for comparisons and listings from the MLflow server: filtered server-side, page by page.
+"""Reads for comparisons and listings from the MLflow server: the index run, else filtered and paged.
 
-:func:`metric_summary` asks ``runs/search`` for the experiment's finished digitops
-runs (``attributes.status``, ``tags.`digitops.status```, ``tags.`digitops.data_checksum```,
+:func:`metric_summary` reads the project's index run (:mod:`digitops.mlflow.index`:
+one tag per finished run, ONE ``runs/search``) when it is complete. Otherwise it
+asks ``runs/search`` for the experiment's finished digitops runs
+(``attributes.status``, ``tags.`digitops.status```, ``tags.`digitops.data_checksum```,
 the excluded run ids) in pages of :data:`PAGE` runs, so its cost grows with pages,
 not with runs; each row carries the run's latest metric values, so no request is
 made per run. Every condition is checked again on the rows (a server that ignores
 part of a filter must not widen the history). Any failure raises
-:class:`TrackingError`: a partial history is no history (fail closed).
+:class:`TrackingError`: a partial history is no history (fail closed). Listings
+skip the index run (it has no ``digitops.*`` run tags, so the finished filters never match it).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from digitops.comet.queries import summarise
+from digitops.mlflow.index import INDEX_TAG
 from digitops.mlflow.rest import MlflowRefused
 from digitops.mlflow.state import CHECKSUM_TAG, COMMIT_TAG, FINGERPRINT_TAG, RUN_TAG, STATUS, STATUS_TAG
 from digitops.tracking.base import FINISHED, METRICS_REUSED_FROM, STATUSES, MetricSummary, RunRecord, TrackingError
@@ -90,6 +94,12 @@ def _finished_rows(
     memo = tracker.memo.get(key)
     if memo is not None and time.monotonic() - memo[0] < MEMO_S:
         return memo[1]
+    from digitops.mlflow import index
+
+    found = index.rows(tracker, project, excluded, data_checksum)  # one request; None: not trusted
+    if found is not None:
+        tracker.memo[key] = (time.monotonic(), found)
+        return found
     rows = []
     for run in _runs(tracker, project, finished_filter(data_checksum, sorted(excluded))):
         tags, info = _tags(run), run.get("info") or {}
@@ -170,6 +180,8 @@ def list_runs(
             tracker, project, " and ".join(parts), order_by=["attributes.start_time DESC"], max_results=limit
         ):
             info = run.get("info") or {}
+            if INDEX_TAG in _tags(run):
+                continue  # the index run (digitops.mlflow.index) is no digitops run
             rec = record_of(run, project, run_url(tracker.client.uri, str(info.get("experiment_id")), str(info.get("run_id"))))
             if status is None or rec.status == status:
                 out.append(rec)

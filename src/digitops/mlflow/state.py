@@ -200,6 +200,8 @@ class RunState:
     uploaded: dict[str, str] = field(default_factory=dict)
     #: why the server lacks part of the run (None: nothing pending)
     pending: str | None = None
+    #: the index entry key (digitops.mlflow.index) written for the run's current content
+    indexed: str | None = None
 
     @staticmethod
     def folder() -> Path:

@@ -22,6 +22,9 @@ record is complete, the run is marked pending (one warning line, the command's
 exit status unchanged) and :func:`sync_pending` (``digitops sync``) later reads
 back what the server holds and sends what it lacks.
 
+Once a finished run is FINISHED in the server, its entry goes into the project's
+index run (:mod:`digitops.mlflow.index`; a failure there leaves the run pending), and
+``digitops sync`` makes the index complete for runs mirrored before it existed.
 Reads for comparisons go to the server (:mod:`digitops.mlflow.queries`) and fail
 closed with :class:`TrackingError`.
 """
@@ -38,6 +41,7 @@ from typing import Any, Iterable
 
 from digitops import config
 from digitops.comet.state import run_files
+from digitops.mlflow import index
 from digitops.mlflow.rest import MlflowError, MlflowRefused, MlflowRest, MlflowUnavailable
 from digitops.mlflow.state import (
     LOCAL_RUN_TAG,
@@ -177,7 +181,11 @@ class MlflowTracker(LocalFirst):
         files = run_files(rec)
         target = mirror_of(rec, files)
         base = Mirror.from_json(state.sent) if state.mlflow_run_id and not state.pending else None
-        if base is not None and base == target and all(state.uploaded.get(k) == v for k, v in target.artifacts.items()):
+        entry = index.entry_of(rec, target, start_ms(rec), str(state.mlflow_run_id)) if state.mlflow_run_id else None
+        if (
+            base is not None and base == target and all(state.uploaded.get(k) == v for k, v in target.artifacts.items())
+            and (entry is None or state.indexed == entry[0])
+        ):
             return SyncOutcome(rec.run_id, "up-to-date", state.url)
         if base is None:
             run = self._find_or_create(rec, state)
@@ -201,6 +209,16 @@ class MlflowTracker(LocalFirst):
                 update["end_time"] = target.end_time
             client.call("POST", "runs/update", update)
             items += 1
+        # The run is FINISHED in the server before its index entry exists; a failure here leaves it pending.
+        entry = index.entry_of(rec, target, t0, str(state.mlflow_run_id))
+        if entry is not None and state.indexed != entry[0]:
+            try:
+                index.write_entry(client, str(state.experiment_id), rec.project, rec.run_id, *entry)
+            except index.Unsupported:
+                pass  # no index on this server: comparisons read every run (nothing to keep pending)
+            else:
+                state.indexed = entry[0]
+                items += 1
         state.sent = asdict(target)
         state.pending = None
         state.save()
@@ -280,7 +298,18 @@ class MlflowTracker(LocalFirst):
                 lines.append(_redact(f"run {run_id}: still pending: {outcome.reason}"))
             else:
                 lines.append(outcome.describe())
+        if run_ids is None and not any("still pending" in line for line in lines):
+            built = self.build_index()  # runs mirrored before the index existed: once, then nothing to say
+            lines += [built] if built else []
         return lines
+
+    def build_index(self, project: str | None = None) -> str:
+        """Make the project's index run complete (:func:`digitops.mlflow.index.build`); a line ("" if it was), never raising."""
+        project = project or config.project_name()
+        try:
+            return index.build(self, project)
+        except Exception as exc:  # noqa: BLE001 - comparisons fall back to the full search meanwhile
+            return _redact(f"index of {project}: not built ({type(exc).__name__}: {exc}); comparisons read every run")
 
     # -- reads ----------------------------------------------------------------------------
 
