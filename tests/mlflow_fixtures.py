@@ -48,3 +48,6 @@ def mlflow_guard(
     yield guard
     guard.up()  # a test that took it down must not leave the next one refused
     assert guard.refused == [], f"the guard refused requests outside GitLab's subset: {guard.refused}"
+    # GitLab's tags are create-only: a test that expects a refused set-tag clears the list itself.
+    assert guard.tag_conflicts == [], f"set-tag of a key the run already has (GitLab refuses it): {guard.tag_conflicts}"
+    assert guard.lost_overwrites() == [], f"tag changes GitLab would silently drop: {guard.lost_overwrites()}"

@@ -14,6 +14,12 @@ Faults: :meth:`Guard.fail` (an error answer, optionally after forwarding: the
 server saved it, the client sees the error), :meth:`Guard.down` / :meth:`Guard.up`
 (down for every client: new connections refused, kept-alive ones cut, a request
 caught in the guard dropped unforwarded), :meth:`Guard.slow`.
+
+GitLab's run tags are create-only (``candidate.metadata.create!``): the guard
+answers ``runs/set-tag`` of a key the run already has with 400 (even for the same
+value), recorded in :attr:`Guard.tag_conflicts`, and drops from ``runs/log-batch``
+the tags whose keys the run has (silently, as GitLab skips duplicates), recorded in
+:attr:`Guard.skipped_tags`. ``create_only = False`` gives MLflow's overwrite.
 """
 
 from __future__ import annotations
@@ -153,6 +159,14 @@ class Guard:
         self.bodies: list[tuple[str, str, Any]] = []
         self.faults: list[Fault] = []
         self.delay = 0.0
+        #: GitLab's create-only tags (see the module docstring)
+        self.create_only = True
+        #: (run id, key, value) of a runs/set-tag refused because the run had the key
+        self.tag_conflicts: list[tuple[str, str, str]] = []
+        #: (run id, key, value, value kept) dropped from a runs/log-batch because the run had the key
+        self.skipped_tags: list[tuple[str, str, str, str]] = []
+        #: one tag write at a time, as GitLab's unique index serialises create!
+        self._tags_lock = threading.Lock()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -224,6 +238,9 @@ class Guard:
             self.refused.clear()
             self.requests.clear()
             self.bodies.clear()
+            self.tag_conflicts.clear()
+            self.skipped_tags.clear()
+            self.create_only = True
             self.delay = 0.0
             self.token = token
         self.up()
@@ -242,6 +259,10 @@ class Guard:
     def sent(self, endpoint: str) -> list[Any]:
         """JSON bodies sent to ``endpoint`` (e.g. ``runs/log-batch``), in order."""
         return [b for _, p, b in list(self.bodies) if p == API + endpoint]
+
+    def lost_overwrites(self) -> list[tuple[str, str, str, str]]:
+        """Skipped log-batch tags whose value differed from the kept one: writes GitLab silently loses."""
+        return [s for s in list(self.skipped_tags) if s[2] != s[3]]
 
     def count(self, method: str, needle: str) -> int:
         """How many ``method`` requests with ``needle`` in their path were seen."""
@@ -361,7 +382,15 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and not fault.saved:
             self._fault(fault)
             return
-        status, headers, data = self._forward(method, body)
+        endpoint = path[len(API):] if path.startswith(API) else ""
+        if guard.create_only and method == "POST" and endpoint in ("runs/set-tag", "runs/log-batch"):
+            with guard._tags_lock:
+                answer = self._create_only(endpoint, body)
+                if answer is None:
+                    return
+                status, headers, data = answer
+        else:
+            status, headers, data = self._forward(method, body)
         if self._gone(epoch):
             return
         if fault is not None:
@@ -374,6 +403,51 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _existing_tags(self, run_id: str) -> dict[str, str] | None:
+        """The tag keys the upstream run has, or None when it cannot be read (the request goes as it is)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.owner.backend_port, timeout=120)
+        try:
+            conn.request("GET", f"{API}runs/get?run_id={run_id}")
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                return None
+            return {str(t.get("key")): str(t.get("value", "")) for t in json.loads(data)["run"]["data"].get("tags") or []}
+        except (OSError, ValueError, KeyError):
+            return None
+        finally:
+            conn.close()
+
+    def _create_only(self, endpoint: str, body: bytes) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        """Forward a tag write as GitLab applies it (create-only); None when answered here."""
+        guard = self.owner
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            return self._forward("POST", body)
+        run_id = str(payload.get("run_id") or payload.get("run_uuid") or "")
+        have = self._existing_tags(run_id) if run_id else None
+        if have is None:
+            return self._forward("POST", body)
+        if endpoint == "runs/set-tag":
+            if str(payload.get("key")) in have:
+                guard.tag_conflicts.append((run_id, str(payload.get("key")), str(payload.get("value"))))
+                self._answer(400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "tag already exists"})
+                return None
+            return self._forward("POST", body)
+        kept, seen = [], dict(have)
+        for tag in payload.get("tags") or []:
+            key = str(tag.get("key"))
+            if key in seen:
+                guard.skipped_tags.append((run_id, key, str(tag.get("value", "")), seen[key]))
+                continue
+            seen[key] = str(tag.get("value", ""))
+            kept.append(tag)
+        if len(kept) != len(payload.get("tags") or []):
+            payload["tags"] = kept
+            body = json.dumps(payload).encode()
+        return self._forward("POST", body)
 
     def _fault(self, fault: Fault) -> None:
         extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
