@@ -119,9 +119,9 @@ def test_an_interrupted_promotion_leaves_the_latest_promoted_in_production(mlflo
     # A promotion back to 0.1.0 that stopped after its first write (0.2.0 not archived yet).
     run_of = {v.version: next(t.split(":", 1)[1] for t in v.tags if t.startswith("mlflow-run:"))
               for v in reg.list_versions(name)}
-    MlflowRest().call("POST", "runs/log-batch", {"run_id": run_of["0.1.0"], "tags": [
-        {"key": "digitops.status", "value": "production"},
-        {"key": "digitops.promoted_at", "value": "2999-01-01T00:00:00.000000Z"}]})
+    # (Status changes are appended as digitops.status.<n>: GitLab's tags cannot be overwritten.)
+    MlflowRest().call("POST", "runs/set-tag", {"run_id": run_of["0.1.0"], "key": "digitops.status.1", "value": json.dumps(
+        {"status": "production", "promoted_at": "2999-01-01T00:00:00.000000Z", "rolled_back": "0"})})
     assert reg.production_reference(name).version == "0.1.0"
     assert "2 versions of" in capsys.readouterr().err
     reg.promote(name, "0.1.0")  # settles it
@@ -319,6 +319,7 @@ def test_gitlab_shaped_answers_use_gitlabs_own_run_and_version_page(mlflow_guard
 
 def test_two_registrations_numbered_at_once_on_an_mlflow_server_end_distinct(mlflow_guard, tmp_path: Path, monkeypatch) -> None:
     """An MLflow server accepts two versions tagged with the same SemVer (GitLab refuses the second)."""
+    mlflow_guard.create_only = False  # renumbering overwrites digitops.version: an MLflow server's own path
     reg, name = MlflowRegistry(), _name()
     rest = MlflowRest()
     original = MlflowRegistry._create_version
@@ -336,3 +337,49 @@ def test_two_registrations_numbered_at_once_on_an_mlflow_server_end_distinct(mlf
     mine = reg.register(name, _model(tmp_path, 1), "run-1")
     assert mine.version == "0.2.0" and mine.run_id == "run-1"
     assert [(v.version, v.run_id) for v in reg.list_versions(name)] == [("0.1.0", "rival"), ("0.2.0", "run-1")]
+
+
+def test_status_changes_are_appended_and_never_overwrite_a_tag(mlflow_guard, tmp_path: Path) -> None:
+    # GitLab's run tags are create-only (the guard emulates it): promote, archive and rollback work there.
+    reg, name = MlflowRegistry(), _name()
+    for i in (1, 2):
+        reg.register(name, _model(tmp_path, i), f"run-{i}")
+    reg.promote(name, "0.1.0")
+    reg.promote(name, "0.2.0")
+    assert reg.rollback(name).version == "0.1.0"
+    statuses = {v.version: (v.status, "rolled-back" in v.tags) for v in reg.list_versions(name)}
+    assert statuses == {"0.1.0": ("production", False), "0.2.0": ("archived", True)}
+    assert mlflow_guard.tag_conflicts == [] and mlflow_guard.lost_overwrites() == []
+    assert not any(b.get("key") in ("digitops.status", "digitops.promoted_at") for b in mlflow_guard.sent("runs/set-tag"))
+
+
+def test_two_promotions_racing_end_with_one_production(mlflow_guard, tmp_path: Path) -> None:
+    import threading
+
+    reg, name = MlflowRegistry(), _name()
+    for i in (1, 2, 3):
+        reg.register(name, _model(tmp_path, i), f"run-{i}")
+    reg.promote(name, "0.1.0")
+    start, errors = threading.Barrier(2), []
+
+    def promote(version: str) -> None:
+        try:
+            start.wait()
+            MlflowRegistry().promote(name, version)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in ("0.2.0", "0.3.0")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert errors == []
+    versions = reg.list_versions(name)
+    assert [v.status for v in versions].count("production") == 1
+    assert {v.version for v in versions if v.status == "production"} <= {"0.2.0", "0.3.0"}
+    # Every change landed under its own n on its run (compare-and-swap on GitLab's create-only keys).
+    writes = [(b["run_id"], b["key"], b["value"]) for b in mlflow_guard.sent("runs/set-tag")]
+    landed = [w for w in writes if w not in mlflow_guard.tag_conflicts]
+    assert landed and len({(r, k) for r, k, _ in landed}) == len(landed)
+    mlflow_guard.tag_conflicts.clear()  # a lost compare-and-swap is expected here

@@ -12,12 +12,21 @@ facts of that subset shape the design:
 
 So each version has a **version run** in the experiment ``[model]<name>`` (GitLab
 creates that experiment with the model; on an MLflow server digitops does) that
-carries everything digitops needs as run tags, which *can* change later:
-``digitops.version`` (SemVer), ``digitops.run_id`` (the run that made the model),
-``digitops.sha256``, ``digitops.status``, ``digitops.promoted_at``,
-``digitops.rolled_back``, ``digitops.metrics``; its artifact root holds
-``model.keras``. ``digitops.status`` is written last: a run without it is a
-registration that did not finish, which the next attempt completes. Versions are
+carries everything digitops needs as run tags: ``digitops.version`` (SemVer),
+``digitops.run_id`` (the run that made the model), ``digitops.sha256``,
+``digitops.status`` (the status it was registered with), ``digitops.metrics``; its
+artifact root holds ``model.keras``. ``digitops.status`` is written last: a run
+without it is a registration that did not finish, which the next attempt completes.
+
+Status changes are an append-only log, because GitLab's run tags are create-only
+(``runs/set-tag`` of a key the run has is refused, ``runs/log-batch`` keeps the old
+value): each change writes a new tag ``digitops.status.<n>`` = compact JSON
+``{status, at, promoted_at, rolled_back}`` with ``n`` one above the highest present;
+the highest ``n`` is the version's state (versions without one fall back to the
+plain ``digitops.status`` / ``digitops.promoted_at`` / ``digitops.rolled_back``).
+On GitLab the create-only key makes each change a compare-and-swap: a refused
+``digitops.status.<n>`` means another writer took ``n``; the run is read again and
+the change decided again on what it now says. Versions are
 listed with ``runs/search`` on that one experiment (paged). The model version's
 description repeats status, run and checksum for people reading GitLab's pages.
 
@@ -46,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -74,6 +84,10 @@ GITLAB_VERSION = "gitlab.version"
 T_MODEL, T_VERSION, T_RUN, T_SHA = "digitops.model", "digitops.version", "digitops.run_id", "digitops.sha256"
 T_STATUS, T_PROMOTED, T_ROLLED_BACK = "digitops.status", "digitops.promoted_at", "digitops.rolled_back"
 T_METRICS, T_BY, T_KEY, T_URL = "digitops.metrics", "digitops.created_by", "digitops.model_version", "digitops.url"
+#: a status change, appended: digitops.status.<n>
+STATUS_LOG = re.compile(r"^digitops\.status\.(\d+)$")
+#: compare-and-swap attempts of one status change before giving up (writers at once)
+CHANGE_TRIES = 12
 
 
 class MlflowRegistryUnavailable(RegistryError):
@@ -101,6 +115,30 @@ def _semver_of(mv: dict[str, Any]) -> str | None:
 
 def _run_id(run: dict[str, Any]) -> str:
     return str(run["info"]["run_id"])
+
+
+def _top(tags: dict[str, str]) -> int:
+    """The highest ``n`` of the run's ``digitops.status.<n>`` log (0: no change since registration)."""
+    return max((int(m.group(1)) for m in map(STATUS_LOG.match, tags) if m), default=0)
+
+
+def _state(tags: dict[str, str]) -> dict[str, str]:
+    """A version run's current status, promoted_at and rolled_back: its newest log entry, else the plain tags.
+
+    A damaged newest entry raises :class:`RegistryError` (fail closed: an older one may be stale).
+    """
+    n = _top(tags)
+    if not n:
+        return {"status": tags.get(T_STATUS, ""), "promoted_at": tags.get(T_PROMOTED, ""),
+                "rolled_back": tags.get(T_ROLLED_BACK, "")}
+    key = f"{T_STATUS}.{n}"
+    try:
+        entry = json.loads(tags[key])
+        state = {k: str(entry.get(k) or "") for k in ("status", "promoted_at", "rolled_back")}
+        check_status(state["status"])
+    except (ValueError, TypeError, AttributeError, RegistryError) as exc:
+        raise RegistryError(f"version run tag {key} is unreadable ({tags[key][:80]!r}): {exc}") from exc
+    return state
 
 
 class MlflowRegistry(Registry):
@@ -168,9 +206,11 @@ class MlflowRegistry(Registry):
 
     def _to_version(self, name: str, run: dict[str, Any]) -> ModelVersion | None:
         tags = _tags(run)
-        version, status = tags.get(T_VERSION, ""), tags.get(T_STATUS, "")
-        if tags.get(T_MODEL) != name or not VERSION_RE.match(version) or not status:
+        version = tags.get(T_VERSION, "")
+        if tags.get(T_MODEL) != name or not VERSION_RE.match(version) or not tags.get(T_STATUS):
             return None  # not a version run, or a registration that has not finished
+        state = _state(tags)
+        status = state["status"]
         try:
             metrics = {str(k): float(v) for k, v in json.loads(tags.get(T_METRICS) or "{}").items()}
         except (ValueError, TypeError, AttributeError):
@@ -179,9 +219,9 @@ class MlflowRegistry(Registry):
         extra = [f"mlflow-run:{_run_id(run)}"]
         if tags.get(T_KEY):
             extra.append(f"model-version:{tags[T_KEY]}")
-        if tags.get(T_PROMOTED):
-            extra.append(f"promoted:{tags[T_PROMOTED]}")
-        if tags.get(T_ROLLED_BACK) == "1":
+        if state["promoted_at"]:
+            extra.append(f"promoted:{state['promoted_at']}")
+        if state["rolled_back"] == "1":
             extra.append("rolled-back")
         return ModelVersion(
             name=name, version=version, run_id=tags.get(T_RUN, ""), sha256=tags.get(T_SHA, ""), status=status,
@@ -197,7 +237,7 @@ class MlflowRegistry(Registry):
         found = [rec for rec in records if rec[0].status == PRODUCTION]
         if not found:
             return None
-        found.sort(key=lambda rec: _tags(rec[1]).get(T_PROMOTED, ""))
+        found.sort(key=lambda rec: (_state(_tags(rec[1]))["promoted_at"], parse_version(rec[0].version)))
         if len(found) > 1 and "two" not in self._warned:
             self._warned.add("two")
             _say(
@@ -430,6 +470,32 @@ class MlflowRegistry(Registry):
             payload["metrics"] = [{"key": k, "value": v, "timestamp": stamp, "step": 0} for k, v in metrics.items()]
         self.rest.call("POST", "runs/log-batch", payload)
 
+    def _change(self, run_id: str, decide: Any) -> None:
+        """Append a status change to a version run's log: ``decide(state)`` gives the new state, or None for none.
+
+        A compare-and-swap on GitLab's create-only tags: when ``digitops.status.<n>`` is
+        refused (another writer took ``n``) the run is read again and ``decide`` asked again.
+        A write whose answer was lost is recognised by its value (``at`` makes it unique).
+        """
+        value = ""
+        for _ in range(CHANGE_TRIES):
+            tags = _tags(self.rest.call("GET", "runs/get", {"run_id": run_id})["run"])
+            n = _top(tags)
+            if value and tags.get(f"{T_STATUS}.{n}") == value:
+                return  # ours, saved though its answer was lost
+            new = decide(_state(tags))
+            if new is None:
+                return
+            value = json.dumps({**new, "at": pending.now()}, sort_keys=True, separators=(",", ":"))
+            try:
+                self.rest.call("POST", "runs/set-tag", {"run_id": run_id, "key": f"{T_STATUS}.{n + 1}", "value": value})
+                return
+            except MlflowRefused as exc:
+                if exc.status >= 500 or exc.status in (401, 403, 404):
+                    raise
+                # GitLab refuses a key the run has: another writer took n + 1; read again.
+        raise RegistryError(f"could not change the status of run {run_id}: too many changes at once")
+
     def _quietly(self, method: str, endpoint: str, payload: dict[str, Any]) -> None:
         """A call whose failure loses nothing (a stray run, a run's end time): warn and go on."""
         try:
@@ -463,20 +529,43 @@ class MlflowRegistry(Registry):
         records, (mv, run) = self._record(name, version, f"changing the status of {name} {version}")
         try:
             if status == PRODUCTION:
-                if mv.status != PRODUCTION:
-                    # Promote first, then archive: a crash in between leaves two, and the newest promotion wins.
-                    self._log(_run_id(run), {T_STATUS: PRODUCTION, T_PROMOTED: pending.now(), T_ROLLED_BACK: "0"})
-                for other, other_run in records:
-                    if other.status == PRODUCTION and other.version != version:
-                        self._log(_run_id(other_run), {T_STATUS: ARCHIVED})
-                        self._describe(dataclasses.replace(other, status=ARCHIVED))
+                self._promote(name, version, records, run)
             elif mv.status != status:
-                self._log(_run_id(run), {T_STATUS: status})
+                self._change(_run_id(run), lambda st: None if st["status"] == status else {**st, "status": status})
         except MlflowError as exc:
             raise self._fail(f"setting {name} {version} to {status}", exc) from exc
         changed = self.get_version(name, version)
         self._describe(changed)
         return changed
+
+    def _promote(self, name: str, version: str, records: list[Any], run: dict[str, Any]) -> None:
+        """Promote first, then archive the older productions: a crash in between leaves two, the newest wins."""
+        winner = self._production(records)
+        if winner is None or winner[0].version != version:
+            at = pending.now()
+            self._change(_run_id(run), lambda st: {"status": PRODUCTION, "promoted_at": at, "rolled_back": "0"})
+        # Read again and archive every production but the newest promotion. Of two racing promotions
+        # the one that writes last sees both, whichever it is, so exactly one is left.
+        records = self._read(name, f"promoting {name} {version}")
+        found = [rec for rec in records if rec[0].status == PRODUCTION]
+        if not found:
+            return
+        newest = max(found, key=lambda rec: (_state(_tags(rec[1]))["promoted_at"], parse_version(rec[0].version)))
+        if newest[0].version != version:
+            _say(f"{name}: {newest[0].version} was promoted after {version} meanwhile; it is production")
+        for other, other_run in found:
+            if other.version == newest[0].version:
+                continue
+            seen = _state(_tags(other_run))["promoted_at"]
+
+            def archive(st: dict[str, str], seen: str = seen) -> dict[str, str] | None:
+                # Decided on what the run says now: a promotion made since is left alone.
+                if st["status"] != PRODUCTION or st["promoted_at"] != seen:
+                    return None
+                return {**st, "status": ARCHIVED}
+
+            self._change(_run_id(other_run), archive)
+            self._describe(dataclasses.replace(other, status=ARCHIVED))
 
     def rollback(self, name: str) -> ModelVersion:
         """Make the production version before the current one production again (current: archived)."""
@@ -487,11 +576,12 @@ class MlflowRegistry(Registry):
                 f"model {name!r} has no production version to roll back from; "
                 "promote one with `digitops registry promote VERSION`"
             )
-        since = _tags(current[1]).get(T_PROMOTED, "")
+        since = _state(_tags(current[1]))["promoted_at"]
+        states = {mv.version: _state(_tags(run)) for mv, run in records}
         earlier = [
-            (_tags(run).get(T_PROMOTED, ""), mv.version, run) for mv, run in records
-            if mv.version != current[0].version and "" < _tags(run).get(T_PROMOTED, "") < since
-            and _tags(run).get(T_ROLLED_BACK) != "1"
+            (states[mv.version]["promoted_at"], mv.version, run) for mv, run in records
+            if mv.version != current[0].version and "" < states[mv.version]["promoted_at"] < since
+            and states[mv.version]["rolled_back"] != "1"
         ]
         if not earlier:
             raise RegistryError(
@@ -501,8 +591,8 @@ class MlflowRegistry(Registry):
         try:
             # The earlier one first (it keeps its older promotion time, so until the next call the
             # current one still wins), then the current one archived and marked rolled back.
-            self._log(_run_id(target_run), {T_STATUS: PRODUCTION})
-            self._log(_run_id(current[1]), {T_STATUS: ARCHIVED, T_ROLLED_BACK: "1"})
+            self._change(_run_id(target_run), lambda st: {**st, "status": PRODUCTION})
+            self._change(_run_id(current[1]), lambda st: {**st, "status": ARCHIVED, "rolled_back": "1"})
         except MlflowError as exc:
             raise self._fail(f"rolling back {name}", exc) from exc
         self._describe(dataclasses.replace(current[0], status=ARCHIVED))
