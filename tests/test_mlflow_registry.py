@@ -383,3 +383,23 @@ def test_two_promotions_racing_end_with_one_production(mlflow_guard, tmp_path: P
     landed = [w for w in writes if w not in mlflow_guard.tag_conflicts]
     assert landed and len({(r, k) for r, k, _ in landed}) == len(landed)
     mlflow_guard.tag_conflicts.clear()  # a lost compare-and-swap is expected here
+
+
+def test_a_status_change_whose_answer_was_lost_is_written_once(mlflow_guard, tmp_path: Path) -> None:
+    reg, name = MlflowRegistry(), _name()
+    reg.register(name, _model(tmp_path, 1), "run-1")
+    mlflow_guard.fail("runs/set-tag", status=503, saved=True)  # saved, then the client sees an error
+    assert reg.promote(name, "0.1.0").status == "production"
+    run_id = next(t.split(":", 1)[1] for t in reg.get_version(name, "0.1.0").tags if t.startswith("mlflow-run:"))
+    tags = {t["key"] for t in MlflowRest().call("GET", "runs/get", {"run_id": run_id})["run"]["data"]["tags"]}
+    assert sorted(k for k in tags if k.startswith("digitops.status.")) == ["digitops.status.1"]
+    mlflow_guard.tag_conflicts.clear()  # the resend of the saved write is refused, as on GitLab
+
+
+def test_a_damaged_status_entry_fails_closed(mlflow_guard, tmp_path: Path) -> None:
+    reg, name = MlflowRegistry(), _name()
+    reg.register(name, _model(tmp_path, 1), "run-1", status="production")
+    run_id = next(t.split(":", 1)[1] for t in reg.get_version(name, "0.1.0").tags if t.startswith("mlflow-run:"))
+    MlflowRest().call("POST", "runs/set-tag", {"run_id": run_id, "key": "digitops.status.2", "value": "{not json"})
+    with pytest.raises(RegistryError, match="digitops.status.2 is unreadable"):
+        reg.production_reference(name)

@@ -387,6 +387,19 @@ def evaluate_stage_only(tracker: Any, run_id: str, accuracy: float) -> None:
     tracker.end_run(run_id, "finished")
 
 
+def test_a_run_that_fails_after_it_finished_reads_failed_without_overwriting_a_tag(mlflow_guard: Guard) -> None:
+    # GitLab's tags are create-only (the guard emulates it): digitops.status keeps its first value there,
+    # so the status is read from the run's own status (runs/update), and the mirror never resends a tag.
+    tracker = get_tracker()
+    train_stage(tracker, "run-ff")
+    tracker.start_run("run-ff", tags={"stage": "evaluate"})
+    tracker.end_run("run-ff", "failed")
+    assert [(r.run_id, r.status) for r in tracker.list_runs()] == [("run-ff", "failed")]
+    assert [r.run_id for r in tracker.list_runs(status="failed")] == ["run-ff"]
+    assert tracker.list_runs(status="finished") == []
+    assert mlflow_guard.skipped_tags == []
+
+
 def test_list_runs_reads_the_server_newest_first(mlflow_guard: Guard) -> None:
     tracker = get_tracker()
     for i in range(3):

@@ -41,7 +41,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 from digitops.mlflow.rest import MlflowRefused, MlflowRest
-from digitops.mlflow.state import CHECKSUM_TAG, RUN_TAG, STATUS_TAG, Mirror
+from digitops.mlflow.state import CHECKSUM_TAG, RUN_TAG, Mirror
 from digitops.tracking.base import FINISHED, METRICS_REUSED_FROM, RunRecord, TrackingError
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def _entry_of_row(run: dict[str, Any]) -> tuple[str, str] | None:
 
     tags, info = _tags(run), run.get("info") or {}
     run_id = tags.get(RUN_TAG)
-    if not run_id or info.get("status") != "FINISHED" or tags.get(STATUS_TAG) != FINISHED:
+    if not run_id or info.get("status") != "FINISHED":  # digitops.status keeps its first value on GitLab
         return None
     digest, value = _entry(
         FINISHED, tags.get(CHECKSUM_TAG), int(info.get("start_time") or 0), _metrics(run),

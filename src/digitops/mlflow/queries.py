@@ -3,8 +3,8 @@
 :func:`metric_summary` reads the project's index run (:mod:`digitops.mlflow.index`:
 one tag per finished run, ONE ``runs/search``) when it is complete. Otherwise it
 asks ``runs/search`` for the experiment's finished digitops runs
-(``attributes.status``, ``tags.`digitops.status```, ``tags.`digitops.data_checksum```,
-the excluded run ids) in pages of :data:`PAGE` runs, so its cost grows with pages,
+(``attributes.status``, ``tags.`digitops.data_checksum```, the excluded run ids; never
+``digitops.status``: GitLab's tags are create-only, so it keeps the first status mirrored) in pages of :data:`PAGE` runs, so its cost grows with pages,
 not with runs; each row carries the run's latest metric values, so no request is
 made per run. Every condition is checked again on the rows (a server that ignores
 part of a filter must not widen the history). Any failure raises
@@ -23,7 +23,7 @@ from digitops.comet.queries import summarise
 from digitops.mlflow.index import INDEX_TAG
 from digitops.mlflow.rest import MlflowRefused
 from digitops.mlflow.state import CHECKSUM_TAG, COMMIT_TAG, FINGERPRINT_TAG, RUN_TAG, STATUS, STATUS_TAG
-from digitops.tracking.base import FINISHED, METRICS_REUSED_FROM, STATUSES, MetricSummary, RunRecord, TrackingError
+from digitops.tracking.base import METRICS_REUSED_FROM, STATUSES, MetricSummary, RunRecord, TrackingError
 
 if TYPE_CHECKING:
     from digitops.mlflow.tracker import MlflowTracker
@@ -60,7 +60,8 @@ def _iso(ms: Any) -> str | None:
 
 def finished_filter(data_checksum: str | None = None, exclude: Iterable[str] = ()) -> str:
     """The ``runs/search`` filter for finished digitops runs (on ``data_checksum``, less ``exclude``)."""
-    parts = ["attributes.status = 'FINISHED'", f"{_key('tags', STATUS_TAG)} = '{FINISHED}'"]
+    # The run's own status only: digitops.status keeps its first value on GitLab (create-only tags).
+    parts = ["attributes.status = 'FINISHED'"]
     if data_checksum is not None and _SAFE.match(data_checksum):
         parts.append(f"{_key('tags', CHECKSUM_TAG)} = '{data_checksum}'")
     parts += [f"{_key('tags', RUN_TAG)} != '{e}'" for e in exclude if _SAFE.match(e)]
@@ -108,7 +109,6 @@ def _finished_rows(
             not run_id
             or run_id in excluded
             or info.get("status") != "FINISHED"
-            or tags.get(STATUS_TAG) != FINISHED
             or (data_checksum is not None and tags.get(CHECKSUM_TAG) != data_checksum)
             or tags.get(METRICS_REUSED_FROM)  # another run's metrics: counted once, as that run
         ):
@@ -146,7 +146,8 @@ def record_of(run: dict[str, Any], project: str, url: str | None = None) -> RunR
     """A :class:`RunRecord` from an MLflow run (latest metric values; no per-step history in GitLab's API)."""
     info, data, tags = run.get("info") or {}, run.get("data") or {}, _tags(run)
     back = {v: k for k, v in STATUS.items()}
-    status = tags.get(STATUS_TAG) or back.get(str(info.get("status")), "running")
+    # The run's own status first: runs/update changes it, while GitLab keeps a tag's first value.
+    status = back.get(str(info.get("status"))) or tags.get(STATUS_TAG) or "running"
     return RunRecord(
         run_id=tags.get(RUN_TAG) or str(info.get("run_id")),
         project=project,
@@ -171,9 +172,9 @@ def list_runs(
 
     if status is not None and status not in STATUSES:
         raise TrackingError(f"unknown status {status!r}; choose one of: {', '.join(STATUSES)}")
-    parts = [f"{_key('tags', STATUS_TAG)} = '{status}'"] if status else []
-    if status in STATUS:
-        parts.insert(0, f"attributes.status = '{STATUS[status]}'")
+    # A run's own status when it has one (digitops.status keeps its first value on GitLab).
+    parts = [f"attributes.status = '{STATUS[status]}'"] if status in STATUS else (
+        [f"{_key('tags', STATUS_TAG)} = '{status}'"] if status else [])
     out: list[RunRecord] = []
     try:
         for run in _runs(
@@ -210,7 +211,7 @@ def find_by_tag(
     try:
         for run in _runs(tracker, project, " and ".join(parts), order_by=["attributes.start_time DESC"]):
             tags, info = _tags(run), run.get("info") or {}
-            if tags.get(key) != value or (finished_only and (info.get("status") != "FINISHED" or tags.get(STATUS_TAG) != FINISHED)):
+            if tags.get(key) != value or (finished_only and info.get("status") != "FINISHED"):
                 continue
             url = run_url(tracker.client.uri, str(info.get("experiment_id")), str(info.get("run_id")))
             out.append(record_of(run, project, url))

@@ -158,12 +158,14 @@ def remote_mirror(run: dict[str, Any], target: Mirror, artifacts: dict[str, str]
 def batches(base: Mirror, target: Mirror, t0: int, now: int) -> Iterator[dict[str, list[dict[str, Any]]]]:
     """``runs/log-batch`` payloads (less ``run_id``) that bring ``base`` up to ``target``, within MLflow's limits.
 
-    Params already there with another value are not sent (MLflow refuses to change a param).
+    Params already there with another value are not sent (MLflow refuses to change a param), nor
+    tags (GitLab's run tags are create-only: a changed value would be dropped silently, so readers
+    never rely on one; the status is the run's own, set with ``runs/update``).
     History timestamps are ``t0 + step`` (a resend is the same point, which MLflow keeps once);
     finals are logged at ``now`` so they are the latest value at their step.
     """
     params = [{"key": k, "value": v} for k, v in target.params.items() if k not in base.params]
-    tags = [{"key": k, "value": v} for k, v in target.tags.items() if base.tags.get(k) != v]
+    tags = [{"key": k, "value": v} for k, v in target.tags.items() if k not in base.tags]
     points: list[tuple[int, str, float]] = []
     for key, values in target.history.items():
         for step in range(len(base.history.get(key, [])), len(values)):
