@@ -477,7 +477,7 @@ class MlflowRegistry(Registry):
         refused (another writer took ``n``) the run is read again and ``decide`` asked again.
         A write whose answer was lost is recognised by its value (``at`` makes it unique).
         """
-        value = ""
+        value, lost = "", 0
         for _ in range(CHANGE_TRIES):
             tags = _tags(self.rest.call("GET", "runs/get", {"run_id": run_id})["run"])
             n = _top(tags)
@@ -490,6 +490,11 @@ class MlflowRegistry(Registry):
             try:
                 self.rest.call("POST", "runs/set-tag", {"run_id": run_id, "key": f"{T_STATUS}.{n + 1}", "value": value})
                 return
+            except MlflowUnavailable:
+                lost += 1
+                if lost > 1:
+                    raise
+                # It may have been saved before the error: the next read recognises ours.
             except MlflowRefused as exc:
                 if exc.status >= 500 or exc.status in (401, 403, 404):
                     raise
