@@ -61,7 +61,7 @@ from digitops.comet.state import (
     run_files,
     snapshot,
 )
-from digitops.tracking.base import FINISHED, MetricSummary, RunRecord, TrackingError
+from digitops.tracking.base import MetricSummary, RunRecord, TrackingError
 from digitops.tracking.mirror import LocalFirst
 
 
@@ -81,6 +81,7 @@ class CometTracker(LocalFirst):
     """
 
     OWNER_ENV = OWNER_ENV
+    SERVICE = "Comet"
 
     def __repr__(self) -> str:
         return f"CometTracker(db_path={str(self.db_path)!r}, workspace={comet_env.workspace()!r})"
@@ -97,17 +98,11 @@ class CometTracker(LocalFirst):
 
     # -- writes -------------------------------------------------------------------
 
-    def end_run(self, run_id: str, status: str = FINISHED) -> None:
-        """End the run locally, then mirror it to Comet (or keep it offline). Never fails on Comet."""
-        self.local.end_run(run_id, status)
-        if not self.mirrors_here():
-            return  # a kernel launched by the runner: the runner mirrors when it ends the run
-        try:
-            outcome = self.sync_run(run_id)
-        except Exception as exc:  # noqa: BLE001 - the run is recorded locally; Comet must not fail it
-            say(f"run {run_id}: not mirrored to Comet ({type(exc).__name__}: {exc}); the local record is complete")
-            return
-        say(f"{outcome.describe()} ({outcome.seconds:.1f} s)")
+    def say(self, message: str) -> None:
+        say(message)
+
+    def ended_line(self, outcome: SyncOutcome) -> str:
+        return f"{outcome.describe()} ({outcome.seconds:.1f} s)"
 
     # -- mirror -------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ from digitops.mlflow.state import (
     run_lock,
     start_ms,
 )
-from digitops.tracking.base import FINISHED, MetricSummary, RunRecord, TrackingError
+from digitops.tracking.base import MetricSummary, RunRecord, TrackingError
 from digitops.tracking.mirror import LocalFirst
 from digitops.tracking.sqlite import SqliteTracker
 
@@ -127,6 +127,7 @@ class MlflowTracker(LocalFirst):
     """The embedded store plus an MLflow mirror of every ended run (see the module docstring)."""
 
     OWNER_ENV = OWNER_ENV
+    SERVICE = "MLflow"
 
     def __init__(self, local: SqliteTracker | None = None, client: MlflowRest | None = None) -> None:
         super().__init__(local)
@@ -145,17 +146,11 @@ class MlflowTracker(LocalFirst):
     def __repr__(self) -> str:
         return f"MlflowTracker(db_path={str(self.db_path)!r})"
 
-    def end_run(self, run_id: str, status: str = FINISHED) -> None:
-        """End the run locally, then mirror it to MLflow (or mark it pending). Never fails on MLflow."""
-        self.local.end_run(run_id, status)
-        if not self.mirrors_here():
-            return  # a kernel launched by the runner: the runner mirrors when it ends the run
-        try:
-            outcome = self.sync_run(run_id)
-        except Exception as exc:  # noqa: BLE001 - the run is recorded locally; MLflow must not fail it
-            say(f"run {run_id}: not mirrored to MLflow ({type(exc).__name__}: {exc}); the local record is complete")
-            return
-        say(outcome.describe() if outcome.mode != "sent" else f"{outcome.describe()} ({outcome.seconds:.1f} s)")
+    def say(self, message: str) -> None:
+        say(message)
+
+    def ended_line(self, outcome: SyncOutcome) -> str:
+        return outcome.describe() if outcome.mode != "sent" else f"{outcome.describe()} ({outcome.seconds:.1f} s)"
 
     # -- mirror ---------------------------------------------------------------------------
 

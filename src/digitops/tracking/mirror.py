@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from digitops import config
-from digitops.tracking.base import RunRecord, Tracker
+from digitops.tracking.base import FINISHED, RunRecord, Tracker
 from digitops.tracking.sqlite import SqliteTracker
 
 
@@ -24,6 +24,8 @@ class LocalFirst(Tracker):
 
     #: the environment variable holding the owning process' pid (set by subclasses)
     OWNER_ENV = ""
+    #: the mirror's name in messages ("Comet", "MLflow")
+    SERVICE = ""
 
     def __init__(self, local: SqliteTracker | None = None) -> None:
         self.local = local if local is not None else SqliteTracker()
@@ -68,6 +70,32 @@ class LocalFirst(Tracker):
         if "ipykernel" not in sys.modules:
             os.environ[self.OWNER_ENV] = str(os.getpid())
         return rec
+
+    def end_run(self, run_id: str, status: str = FINISHED) -> None:
+        """End the run locally, then mirror it (:meth:`sync_run`). Never fails on the mirror's service."""
+        self.local.end_run(run_id, status)
+        if not self.mirrors_here():
+            return  # a kernel launched by the runner: the runner mirrors when it ends the run
+        try:
+            outcome = self.sync_run(run_id)
+        except Exception as exc:  # noqa: BLE001 - the run is recorded locally; the service must not fail it
+            self.say(
+                f"run {run_id}: not mirrored to {self.SERVICE} ({type(exc).__name__}: {exc}); the local record is complete"
+            )
+            return
+        self.say(self.ended_line(outcome))
+
+    def sync_run(self, run_id: str) -> Any:
+        """Bring the service up to date with the local run; returns an outcome with ``describe()``."""
+        raise NotImplementedError
+
+    def say(self, message: str) -> None:
+        """One line on stderr, secrets removed."""
+        raise NotImplementedError
+
+    def ended_line(self, outcome: Any) -> str:
+        """What :meth:`end_run` says after a mirror."""
+        return str(outcome.describe())
 
     def mirrors_here(self) -> bool:
         """False in a kernel launched by the runner: the runner mirrors when it ends the run."""
