@@ -8,7 +8,7 @@ from typing import Any, Iterable, Iterator
 
 from digitops import comet_env
 from digitops.comet.state import REUSED_OTHER
-from digitops.tracking.base import FINISHED, MetricSummary, TrackingError
+from digitops.tracking.base import FINISHED, MetricSummary, TrackingError, summarise  # noqa: F401  summarise re-exported
 
 
 def comet_api() -> Any:
@@ -134,14 +134,3 @@ def comet_metric_summary(
     ]
     return summarise(metric, found, higher_is_better)
 
-
-def summarise(metric: str, found: list[tuple[float, str, int]], higher_is_better: bool = True) -> MetricSummary:
-    """A :class:`MetricSummary` of ``(value, run id, start time)`` triples; ties for best go to the earliest."""
-    values = [v for v, _, _ in found]
-    # Ties for best go to the earliest run, as in the embedded store.
-    ranked = sorted(found, key=lambda t: (-t[0] if higher_is_better else t[0], t[2]))
-    return MetricSummary.assemble(
-        metric, count=len(found), mean=sum(values) / len(values) if values else None,
-        hi=max(values, default=None), lo=min(values, default=None),
-        best_run_id=ranked[0][1] if ranked else None, higher_is_better=higher_is_better,
-    )

@@ -19,11 +19,10 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from digitops.comet.queries import summarise
 from digitops.mlflow.index import INDEX_TAG
 from digitops.mlflow.rest import MlflowRefused
 from digitops.mlflow.state import CHECKSUM_TAG, COMMIT_TAG, FINGERPRINT_TAG, RUN_TAG, STATUS, STATUS_TAG
-from digitops.tracking.base import METRICS_REUSED_FROM, STATUSES, MetricSummary, RunRecord, TrackingError
+from digitops.tracking.base import METRICS_REUSED_FROM, STATUSES, MetricSummary, RunRecord, TrackingError, summarise
 
 if TYPE_CHECKING:
     from digitops.mlflow.tracker import MlflowTracker

@@ -75,6 +75,20 @@ class MetricSummary:
         )
 
 
+def summarise(metric: str, found: list[tuple[float, str, int]], higher_is_better: bool = True) -> MetricSummary:
+    """A :class:`MetricSummary` of ``(value, run id, start time)`` triples read from a service (Comet, MLflow).
+
+    Ties for best go to the earliest run, as in the embedded store.
+    """
+    values = [v for v, _, _ in found]
+    ranked = sorted(found, key=lambda t: (-t[0] if higher_is_better else t[0], t[2]))
+    return MetricSummary.assemble(
+        metric, count=len(found), mean=sum(values) / len(values) if values else None,
+        hi=max(values, default=None), lo=min(values, default=None),
+        best_run_id=ranked[0][1] if ranked else None, higher_is_better=higher_is_better,
+    )
+
+
 class Tracker(abc.ABC):
     """Records runs and answers questions about them."""
 
