@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digitops import atomic, comet_env, config
+from digitops import atomic, comet_env
 from digitops.tracking.base import METRICS_REUSED_FROM, RunRecord, TrackingError
+from digitops.tracking.mirror import LOCAL_ONLY_TAGS, RUN_FOLDER_FILES, run_files  # noqa: F401  re-exported
 
 #: Switches passed to every experiment: digitops logs explicitly, the SDK must not collect on its own.
 EXPERIMENT_OPTIONS: dict[str, Any] = {
@@ -48,16 +49,11 @@ def experiment_options(cls: Any) -> dict[str, Any]:
 
 KEY_TAG = "comet_experiment_key"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg"}
-#: Local tags not copied to Comet: they change from stage to stage of one run.
-LOCAL_ONLY_TAGS = {"stage", "job_id"}
 #: Prefixes of local tags not copied either: a fingerprint's parts (its digest goes to Comet; the
 #: parts only explain locally, in `digitops runs show`, why a run was not reused).
 LOCAL_ONLY_PREFIXES = ("digitops.fingerprint.", "digitops.eval_fingerprint.")
 #: the "other" marking an experiment whose metrics were reused from another run
 REUSED_OTHER = "digitops_metrics_reused"
-#: Files of the run folder mirrored even when not logged as artifacts (the model, metrics.json
-#: with the confusion matrix).
-RUN_FOLDER_FILES = ("model.keras", "metrics.json")
 #: Set by the process that starts a run (the runner) to its pid: notebook kernels it launches
 #: inherit it and leave the Comet mirror to it, so they never import comet_ml.
 OWNER_ENV = "DIGITOPS_COMET_OWNER"
@@ -128,20 +124,6 @@ def _sha256(path: str) -> str | None:
         return sha256_file(path)
     except OSError:
         return None
-
-
-def run_files(rec: RunRecord) -> dict[str, str]:
-    """Files mirrored for a run: its artifacts plus :data:`RUN_FOLDER_FILES` from its run folder."""
-    files = dict(rec.artifacts)
-    try:
-        folder = config.runs_dir() / rec.run_id
-    except ValueError:
-        return files
-    for name in RUN_FOLDER_FILES:
-        path = folder / name
-        if name not in files and path.is_file():
-            files[name] = str(path.resolve())
-    return files
 
 
 def snapshot(rec: RunRecord) -> Snapshot:

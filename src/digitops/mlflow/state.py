@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from digitops import atomic, config
-from digitops.comet.state import LOCAL_ONLY_TAGS, run_files
+from digitops.tracking.mirror import LOCAL_ONLY_TAGS, run_files
 from digitops.tracking.base import ABANDONED, FAILED, FINISHED, RunRecord
 
 RUN_TAG = "digitops.run_id"

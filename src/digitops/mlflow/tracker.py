@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from digitops import config
-from digitops.comet.state import run_files
+from digitops.tracking.mirror import run_files
 from digitops.mlflow import index
 from digitops.mlflow.rest import MlflowError, MlflowRefused, MlflowRest, MlflowUnavailable
 from digitops.mlflow.state import (

@@ -19,6 +19,27 @@ from digitops.tracking.base import FINISHED, RunRecord, Tracker
 from digitops.tracking.sqlite import SqliteTracker
 
 
+#: Local tags never mirrored: they change from stage to stage of one run.
+LOCAL_ONLY_TAGS = {"stage", "job_id"}
+#: Files of the run folder mirrored even when not logged as artifacts (the model, metrics.json
+#: with the confusion matrix).
+RUN_FOLDER_FILES = ("model.keras", "metrics.json")
+
+
+def run_files(rec: RunRecord) -> dict[str, str]:
+    """Files mirrored for a run: its artifacts plus :data:`RUN_FOLDER_FILES` from its run folder."""
+    files = dict(rec.artifacts)
+    try:
+        folder = config.runs_dir() / rec.run_id
+    except ValueError:
+        return files
+    for name in RUN_FOLDER_FILES:
+        path = folder / name
+        if name not in files and path.is_file():
+            files[name] = str(path.resolve())
+    return files
+
+
 class LocalFirst(Tracker):
     """The embedded store's operations, unchanged; subclasses add ``end_run`` and reads."""
 
