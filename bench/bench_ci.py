@@ -8,19 +8,23 @@ copy of the repository, the way tests/test_ci_pipeline.py does, once per install
                 measured so far, and about what the ci image (dependencies baked in) costs,
                 less the image pull a runner does
   slim          each job installs into its own fresh virtual environment what CI installs now
-                (`pip install -e .`, the core dependencies: ci/install.sh's fallback path)
-  full          the same with every runtime extra (`.[dashboard,lab]`), i.e. what each job
-                installed before the dependency split
+                in the plain image (ci/install.sh: the core dependencies, `-e .`, with uv)
+  slim-pip      the same installed with pip (DIGITOPS_INSTALLER=pip), as before uv: the
+                "before" of the installer change, measured in the same run
+  full          the core dependencies and every runtime extra (`.[dashboard,lab]`, with uv),
+                i.e. what each job installed before the dependency split
 
 The pip cache is warm (one untimed install fills $DIGITOPS_BENCH_PIP_CACHE first), as a
 runner's cache restore would leave it; `pip_cache_mb` records what it holds afterwards (pip
 keeps only cacheable index answers: behind a package mirror that marks them uncacheable it
-stays empty, and every install downloads from the mirror). A `python`/`digitops` shim on PATH gives every job its
+stays empty, and every install downloads from the mirror). uv's cache starts empty in every
+job (a job's container is new; uv's GitLab guide prunes downloaded wheels from CI caches,
+since downloading them again is faster than restoring them). A `python`/`digitops` shim on PATH gives every job its
 own venv and logs how long each install, training, evaluation and report command took, so the
 wall time splits into install / train / evaluate / report / other (job start-up, copies,
 artifacts, data fetch). `--quick` trains the tiny model instead of the ci profile and skips `full`.
 
-    python bench/bench_ci.py [--quick] [--modes preinstalled,slim,full]
+    python bench/bench_ci.py [--quick] [--modes preinstalled,slim,slim-pip,full] [--unchanged preinstalled,slim]
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-MODES = ("preinstalled", "slim", "full")
-SPECS = {"slim": ".", "full": ".[dashboard,lab]"}
+MODES = ("preinstalled", "slim", "slim-pip", "full")
+SPECS = {"slim": ".", "slim-pip": ".", "full": ".[dashboard,lab]"}
+INSTALLERS = {"slim-pip": "pip"}
 PIP_CACHE = Path(os.environ.get("DIGITOPS_BENCH_PIP_CACHE") or Path.home() / ".cache" / "digitops" / "bench-pip")
 
 # Every job gets its own venv (as every runner job starts from a clean image); the venv is
@@ -49,6 +54,7 @@ PYTHON_SHIM = r"""#!/bin/sh
 venv="$BENCH_VENVS/$CI_JOB_NAME"
 if [ "$CI_JOB_NAME" = "ci-image" ]; then exec "$BENCH_BASE_PYTHON" "$@"; fi
 start=$(date +%s.%N)
+export UV_CACHE_DIR="$venv.uv-cache"
 if [ ! -x "$venv/bin/python" ]; then "$BENCH_BASE_PYTHON" -m venv "$venv" || exit 1; fi
 "$venv/bin/python" "$@"; rc=$?
 echo "$CI_JOB_NAME|python $*|$start|$(date +%s.%N)" >> "$BENCH_LOG"
@@ -83,7 +89,7 @@ def _split(log: Path) -> dict[str, float]:
     for line in log.read_text().splitlines() if log.exists() else []:
         _job, command, start, end = line.split("|")
         seconds = float(end) - float(start)
-        if re.match(r"python -m pip (install|check)", command):
+        if re.match(r"python -m (uv )?pip (install|check)", command):
             parts["install"] += seconds
         elif command.startswith("digitops run train"):
             parts["train"] += seconds
@@ -140,6 +146,7 @@ def run_mode(mode: str, quick: bool, docs_only_push: bool = False) -> dict[str, 
             "--variable", f"CI_SERVER_URL={fake.url}",
             "--variable", f"DIGITOPS_SKIP_INSTALL={'true' if mode == 'preinstalled' else 'false'}",
             "--variable", f"DIGITOPS_PIP_SPEC={SPECS.get(mode, '.')}",
+            "--variable", f"DIGITOPS_INSTALLER={INSTALLERS.get(mode, 'uv')}",
             "--variable", f"PIP_CACHE_DIR={PIP_CACHE}",
             "--variable", "DIGITOPS_BUILD_IMAGES=false", "--variable", "DIGITOPS_RUN_TESTS=false",
             "--variable", f"DIGITOPS_CACHE={data.default_cache_dir().parent}",
@@ -163,16 +170,6 @@ def run_mode(mode: str, quick: bool, docs_only_push: bool = False) -> dict[str, 
             }, output
 
         result, _ = pipeline()
-        if docs_only_push:
-            readme = repo / "README.md"
-            readme.write_text(readme.read_text() + "\nA docs-only change.\n")
-            subprocess.run(["git", "commit", "-qam", "docs only"], cwd=repo, check=True, capture_output=True)
-            shutil.rmtree(work / "venvs", ignore_errors=True)  # every runner job starts from a clean image again
-            second, output = pipeline()
-            body = fake.mr_notes()[0]["body"]
-            return {**second, "first": result, "note_says_reused": "Inputs unchanged since run" in body,
-                    **{f"{stage}_reused": f"{stage}: inputs unchanged since run" in output
-                       for stage in ("train", "evaluate")}}
         if mode != "preinstalled":
             train_venv = work / "venvs" / "train"
             result["job_venv_mb"] = _venv_mb(train_venv)
@@ -180,28 +177,45 @@ def run_mode(mode: str, quick: bool, docs_only_push: bool = False) -> dict[str, 
             said = subprocess.run([str(train_venv / "bin" / "digitops"), "dashboard", "--dry-run"],
                                   capture_output=True, text=True, cwd=repo, env={**env, "HOME": str(home)})
             result["dashboard_without_extra"] = (said.stderr.strip().splitlines() or [""])[-1]
-        return result
+        if not docs_only_push:
+            return result
+        readme = repo / "README.md"
+        readme.write_text(readme.read_text() + "\nA docs-only change.\n")
+        subprocess.run(["git", "commit", "-qam", "docs only"], cwd=repo, check=True, capture_output=True)
+        shutil.rmtree(work / "venvs", ignore_errors=True)  # every runner job starts from a clean image again
+        second, output = pipeline()
+        body = fake.mr_notes()[0]["body"]
+        return {**second, "first": result, "note_says_reused": "Inputs unchanged since run" in body,
+                **{f"{stage}_reused": f"{stage}: inputs unchanged since run" in output
+                   for stage in ("train", "evaluate")}}
 
 
 def run(
-    quick: bool = False, modes: tuple[str, ...] | None = None, unchanged: str | None = "preinstalled"
+    quick: bool = False, modes: tuple[str, ...] | None = None, unchanged: tuple[str, ...] = ("preinstalled", "slim")
 ) -> dict[str, Any]:
     """Every mode, one after the other; the pip cache is warmed first (untimed).
 
-    ``unchanged`` (a mode, or None to skip): also run that mode's pipeline twice, the second
-    after a docs-only push, for the "training inputs unchanged" figure (reuse). "preinstalled"
-    is the ci image's case (dependencies baked in); an install mode adds its installs.
+    For each mode in ``unchanged`` a second pipeline follows the first after a docs-only push,
+    for the "training inputs unchanged" figure (reuse): "preinstalled" is the ci image's case
+    (dependencies baked in), an install mode adds its installs.
     """
-    modes = modes or (("preinstalled", "slim") if quick else MODES)
-    warm = {spec: warm_pip_cache(spec) for mode, spec in SPECS.items() if mode in modes or mode == unchanged}
+    modes = modes or (("preinstalled", "slim", "slim-pip") if quick else MODES)
+    # pip's cache only: uv's starts empty in every job (see above).
+    pip_modes = [m for m in SPECS if INSTALLERS.get(m) == "pip" and m in modes]
+    warm = {spec: warm_pip_cache(spec) for spec in sorted({SPECS[m] for m in pip_modes})}
     out: dict[str, Any] = {
         "quick": quick, "profile": "tiny (limit 1000, 1 epoch, mlp)" if quick else "ci",
-        "cpu_count": os.cpu_count(), "pip_cache_warmup_seconds": warm,
-        "pip_cache_mb": _venv_mb(PIP_CACHE) if PIP_CACHE.exists() else 0.0,
-        "modes": {mode: run_mode(mode, quick) for mode in modes},
+        "cpu_count": os.cpu_count(), "pip_cache_warmup_seconds": warm, "modes": {}, "unchanged": {},
+        "load_average": {"before": os.getloadavg()[0]},
     }
-    if unchanged:
-        out["unchanged"] = run_mode(unchanged, quick, docs_only_push=True)
+    for mode in modes:
+        if mode in unchanged:
+            second = run_mode(mode, quick, docs_only_push=True)
+            out["modes"][mode], out["unchanged"][mode] = second.pop("first"), second
+        else:
+            out["modes"][mode] = run_mode(mode, quick)
+    out["pip_cache_mb"] = _venv_mb(PIP_CACHE) if PIP_CACHE.exists() else 0.0
+    out["load_average"]["after"] = os.getloadavg()[0]
     return out
 
 
@@ -218,14 +232,21 @@ def table(r: dict[str, Any]) -> str:
         venv = f"{m['job_venv_mb'] / 1024:5.2f} GB" if "job_venv_mb" in m else "-"
         lines.append(f"  {mode:<13} {wall:8.0f} s {cells[0]:>8} {cells[1]:>7} {cells[2]:>9} {cells[3]:>7} {cells[4]:>7}"
                      f" {venv:>8}  {share}")
-    u = r.get("unchanged")
-    if u:
-        first, reused = u["first"], "train and evaluate reused" if u["train_reused"] and u["evaluate_reused"] else \
+    for mode, u in r.get("unchanged", {}).items():
+        reused = "train and evaluate reused" if u["train_reused"] and u["evaluate_reused"] else \
             "NOT reused (train {train_reused}, evaluate {evaluate_reused})".format(**u)
-        lines.append(f"  unchanged inputs ({u['mode']}; docs-only push after a first pipeline): push->note "
-                     f"{u['push_to_note_seconds']:.0f} s (train {u['train_seconds']:.0f} s, evaluate "
-                     f"{u['evaluate_seconds']:.0f} s) vs {first['push_to_note_seconds']:.0f} s for the first; {reused}")
-    slim = r["modes"].get("slim", {})
+        lines.append(f"  unchanged inputs ({mode}; docs-only push after the first pipeline): push->note "
+                     f"{u['push_to_note_seconds']:.0f} s (install {u['install_seconds']:.0f} s, train "
+                     f"{u['train_seconds']:.0f} s, evaluate {u['evaluate_seconds']:.0f} s); {reused}")
+    slim, pip = r["modes"].get("slim", {}), r["modes"].get("slim-pip", {})
+    if slim and pip:
+        lines.append(f"  installs, uv vs pip (same run): {slim['install_seconds']:.0f} s vs {pip['install_seconds']:.0f} s"
+                     f" ({pip['install_seconds'] / max(slim['install_seconds'], 1e-9):.1f}x less); push->note"
+                     f" {slim['push_to_note_seconds']:.0f} s vs {pip['push_to_note_seconds']:.0f} s")
+    if slim and not r.get("quick"):
+        lines.append(f"  targets: slim push->note {slim['push_to_note_seconds']:.0f} s (at most 240 s)"
+                     + "".join(f"; unchanged inputs ({m}) {u['push_to_note_seconds']:.0f} s (at most 60 s)"
+                               for m, u in r.get("unchanged", {}).items()))
     if slim.get("dashboard_without_extra"):
         lines.append(f"  slim install, `digitops dashboard`: {slim['dashboard_without_extra']}")
     return "\n".join(lines)
@@ -233,10 +254,10 @@ def table(r: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny training, preinstalled and slim only")
+    ap.add_argument("--quick", action="store_true", help="tiny training; preinstalled, slim and slim-pip only")
     ap.add_argument("--modes", help=f"comma-separated, of {','.join(MODES)}")
-    ap.add_argument("--unchanged", default="preinstalled",
-                    help="mode of the docs-only second pipeline (reuse figure); 'none' skips it")
+    ap.add_argument("--unchanged", default="preinstalled,slim",
+                    help="modes that also get a docs-only second pipeline (reuse figure); 'none' skips it")
     ns = ap.parse_args()
     modes = tuple(ns.modes.split(",")) if ns.modes else None
-    print(table(run(ns.quick, modes, None if ns.unchanged == "none" else ns.unchanged)))
+    print(table(run(ns.quick, modes, () if ns.unchanged == "none" else tuple(ns.unchanged.split(",")))))

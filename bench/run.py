@@ -25,6 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("compare", "mlflow", "dashboard", "notebook", "pipeline", "ci", "training")
+# The key a section's figures are kept under in results.json, where it is not the section's name.
+KEYS = {"ci": "ci_push_to_note"}
 
 
 def _run_section(name: str, quick: bool) -> tuple[dict, str]:
@@ -60,16 +62,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test of the harness")
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
     ns = ap.parse_args()
-    results = {
+    # Sections not run this time keep their last figures (`--only ci` must not drop the others).
+    results = json.loads(ns.out.read_text()) if ns.out.exists() else {}
+    results.update({
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "quick": ns.quick,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    })
     for name in ns.only.split(","):
         started = time.perf_counter()
         print(f"\n== {name}", flush=True)
         result, text = _run_section(name.strip(), ns.quick)
-        results[name] = result
+        results[KEYS.get(name.strip(), name.strip())] = {**result, "quick_run": ns.quick}
         print(text, flush=True)
         print(f"({time.perf_counter() - started:.0f} s)", flush=True)
         ns.out.write_text(json.dumps(results, indent=2, default=str))

@@ -183,12 +183,21 @@ def test_no_registry_and_the_dotenv_the_jobs_read(tmp_path: Path, registry: Fake
 
 @pytest.fixture()
 def fake_python(tmp_path: Path) -> Path:
-    """A ``python`` that records its arguments; ``pip check`` exits $FAKE_CHECK_RC."""
+    """A ``python`` that records its arguments (and the uv index settings it was given).
+
+    ``pip check`` exits $FAKE_CHECK_RC, installing uv $FAKE_UV_INSTALL_RC, ``uv pip`` $FAKE_UV_RC.
+    """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "python"
-    script.write_text('#!/bin/sh\necho "$*" >> "$FAKE_LOG"\n'
-                      'if [ "$*" = "-m pip check" ]; then exit "${FAKE_CHECK_RC:-0}"; fi\nexit 0\n')
+    script.write_text(
+        '#!/bin/sh\necho "$*" >> "$FAKE_LOG"\n'
+        'case "$*" in\n'
+        '  "-c import sys; print(sys.executable)") echo /job/venv/bin/python ;;\n'
+        '  "-m pip check") exit "${FAKE_CHECK_RC:-0}" ;;\n'
+        '  "-m pip install --quiet uv=="*) exit "${FAKE_UV_INSTALL_RC:-0}" ;;\n'
+        '  "-m uv "*) echo "index=${UV_DEFAULT_INDEX:-} extra=${UV_INDEX:-}" >> "$FAKE_LOG"; exit "${FAKE_UV_RC:-0}" ;;\n'
+        'esac\nexit 0\n')
     script.chmod(0o755)
     return bin_dir
 
@@ -203,22 +212,69 @@ def _install(fake_python: Path, **env: str) -> tuple[list[str], str]:
     return (log.read_text().splitlines() if log.exists() else []), out.stdout
 
 
-def test_install_everything_in_the_plain_image(fake_python: Path) -> None:
-    assert _install(fake_python) == (["-m pip install --quiet -e ."], "")
-    assert _install(fake_python, DIGITOPS_PIP_SPEC=".[dev]")[0] == ["-m pip install --quiet -e .[dev]"]
+UV = ["-c import sys; print(sys.executable)", "-m pip install --quiet uv==0.13.9"]
+
+
+def test_install_everything_in_the_plain_image_with_uv(fake_python: Path) -> None:
+    assert _install(fake_python) == (
+        [*UV, "-m uv pip install --quiet --python /job/venv/bin/python -e .", "index= extra="], "")
+    assert _install(fake_python, DIGITOPS_PIP_SPEC=".[dev]")[0][2] == \
+        "-m uv pip install --quiet --python /job/venv/bin/python -e .[dev]"
     assert _install(fake_python, DIGITOPS_SKIP_INSTALL="true") == ([], "")
+
+
+def test_pip_when_asked_for(fake_python: Path) -> None:
+    assert _install(fake_python, DIGITOPS_INSTALLER="pip") == (["-m pip install --quiet -e ."], "")
+
+
+def test_a_runner_mirror_set_for_pip_applies_to_uv(fake_python: Path) -> None:
+    calls, _ = _install(fake_python, PIP_INDEX_URL="https://mirror.example/simple",
+                        PIP_EXTRA_INDEX_URL="https://extra.example/simple")
+    assert calls[-1] == "index=https://mirror.example/simple extra=https://extra.example/simple"
+    # uv's own settings win.
+    calls, _ = _install(fake_python, PIP_INDEX_URL="https://mirror.example/simple", UV_DEFAULT_INDEX="https://uv.example")
+    assert calls[-1] == "index=https://uv.example extra="
+
+
+def test_pip_installs_when_uv_cannot_be_had_or_fails(fake_python: Path) -> None:
+    calls, out = _install(fake_python, FAKE_UV_INSTALL_RC="1")
+    assert calls == [*UV, "-m pip install --quiet -e ."]
+    assert out == "ci/install.sh: uv could not be installed; installing with pip\n"
+    calls, out = _install(fake_python, FAKE_UV_RC="2")
+    assert calls[-1] == "-m pip install --quiet -e ." and calls[2].startswith("-m uv pip install")
+    assert out == "ci/install.sh: uv failed (exit 2); installing with pip\n"
 
 
 def test_the_ci_image_installs_the_package_only(fake_python: Path) -> None:
     calls, out = _install(fake_python, DIGITOPS_CI_DEPS="baked")
     assert calls == ["-m pip install --quiet --no-deps --no-build-isolation -e .", "-m pip check"] and out == ""
     # The tests job wants the dev tools, which the image does not have.
-    assert _install(fake_python, DIGITOPS_CI_DEPS="baked", DIGITOPS_PIP_SPEC=".[dev]")[0] == [
+    assert _install(fake_python, DIGITOPS_CI_DEPS="baked", DIGITOPS_PIP_SPEC=".[dev]", DIGITOPS_INSTALLER="pip")[0] == [
         "-m pip install --quiet -e .[dev]"]
 
 
 def test_a_stale_ci_image_installs_what_is_missing(fake_python: Path) -> None:
-    calls, out = _install(fake_python, DIGITOPS_CI_DEPS="baked", FAKE_CHECK_RC="1")
+    calls, out = _install(fake_python, DIGITOPS_CI_DEPS="baked", FAKE_CHECK_RC="1", DIGITOPS_INSTALLER="pip")
     assert calls == ["-m pip install --quiet --no-deps --no-build-isolation -e .", "-m pip check",
                      "-m pip install --quiet -e ."]
     assert "do not satisfy pyproject.toml" in out
+
+
+def test_uv_installs_into_the_jobs_own_interpreter(tmp_path: Path) -> None:
+    """For real: uv from the package index, a small package installed into the job's venv, not elsewhere."""
+    project = tmp_path / "project"
+    (project / "jobpkg").mkdir(parents=True)
+    (project / "jobpkg" / "__init__.py").write_text("VALUE = 42\n")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "jobpkg"\nversion = "1.0"\n[tool.setuptools]\npackages = ["jobpkg"]\n')
+    venv = tmp_path / "venv"
+    subprocess.run([getattr(__import__("sys"), "_base_executable"), "-m", "venv", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIGITOPS_", "VIRTUAL_ENV", "UV_"))}
+    env.update(PATH=f"{venv / 'bin'}:/usr/bin:/bin", UV_CACHE_DIR=str(tmp_path / "uv-cache"))
+    out = subprocess.run(["sh", str(ROOT / "ci" / "install.sh")], cwd=project, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout == "", out.stdout + out.stderr
+    check = subprocess.run([str(venv / "bin" / "python"), "-c", "import jobpkg, uv; print(jobpkg.VALUE)"],
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert check.stdout == "42\n", check.stderr
