@@ -1,4 +1,4 @@
-"""``digitops runs``: list and inspect tracked runs; close runs a killed process left open."""
+"""``digitops runs``: list and inspect tracked runs; close runs a killed process left open; prune old folders."""
 
 from __future__ import annotations
 
@@ -170,6 +170,37 @@ def runs_mark_failed(run_id: str) -> None:
 
     was = runs_mod.mark_failed(tracker(), run_id)
     click.echo(f"run {run_id}: {was} -> failed")
+
+
+
+@runs.command("prune")
+@click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many of the newest finished runs keep their folders.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+def runs_prune(keep: int, dry_run: bool) -> None:
+    """Remove the folders of runs older than the KEEP newest finished ones.
+
+    The store keeps every run's record (parameters, metrics, checksums: what compare and the
+    report read); only the folders go (model, notebooks, plots). Kept whatever their age: runs
+    still running, failures newer than the folders kept, runs waiting for `digitops sync`,
+    and folders the store does not know. CI runs this before caching the run folders, so the
+    cache stops growing by one folder a pipeline.
+    """
+    from digitops.prune import prune_folders
+
+    active = tracker()
+    reap(active)
+    done = prune_folders(getattr(active, "local", active), keep, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for run_id in done.removed:
+        click.echo(f"{verb} runs/{run_id}")
+    held = sorted(k for k, why in done.kept.items() if why != "one of the newest finished runs")
+    for run_id in held:
+        click.echo(f"kept runs/{run_id} ({done.kept[run_id]})")
+    if dry_run:
+        click.echo(f"{len(done.removed)} folder(s) to remove, {len(done.kept)} kept (dry run: nothing removed)")
+    else:
+        click.echo(f"removed {len(done.removed)} folder(s), kept {len(done.kept)}")
 
 
 COMMANDS = [runs]
