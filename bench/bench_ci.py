@@ -83,14 +83,15 @@ def warm_pip_cache(spec: str) -> float:
         return time.perf_counter() - started
 
 
-def _split(log: Path) -> dict[str, float]:
-    """Seconds per kind of work, from the shim log (job|command|start|end lines)."""
-    parts = {"install": 0.0, "train": 0.0, "evaluate": 0.0, "report": 0.0}
+def _split(log: Path) -> dict[str, Any]:
+    """Seconds per kind of work (and install seconds per job), from the shim log (job|command|start|end lines)."""
+    parts: dict[str, Any] = {"install": 0.0, "train": 0.0, "evaluate": 0.0, "report": 0.0, "install_by_job": {}}
     for line in log.read_text().splitlines() if log.exists() else []:
-        _job, command, start, end = line.split("|")
+        job, command, start, end = line.split("|")
         seconds = float(end) - float(start)
         if re.match(r"python -m (uv )?pip (install|check)", command):
             parts["install"] += seconds
+            parts["install_by_job"][job] = parts["install_by_job"].get(job, 0.0) + seconds
         elif command.startswith("digitops run train"):
             parts["train"] += seconds
         elif command.startswith("digitops run evaluate"):
@@ -164,9 +165,10 @@ def run_mode(mode: str, quick: bool, docs_only_push: bool = False) -> dict[str, 
             if proc.returncode != 0 or not fake.mr_notes() or "FAIL" in statuses.values():
                 raise RuntimeError(f"{mode} pipeline failed ({proc.returncode}, {statuses}):\n{output[-4000:]}")
             parts = _split(log)
+            by_job = parts.pop("install_by_job")
             return {
                 "mode": mode, "push_to_note_seconds": wall, **{f"{k}_seconds": v for k, v in parts.items()},
-                "other_seconds": wall - sum(parts.values()), "jobs": statuses,
+                "other_seconds": wall - sum(parts.values()), "install_seconds_by_job": by_job, "jobs": statuses,
             }, output
 
         result, _ = pipeline()

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "gitlab-ci-token", "job-token-s3cret"
@@ -181,35 +183,53 @@ def test_no_registry_and_the_dotenv_the_jobs_read(tmp_path: Path, registry: Fake
 # ----------------------------------------------------------------- ci/install.sh
 
 
+FAKE_PYTHON = """#!{python}
+import os, subprocess, sys
+args = sys.argv[1:]
+line = " ".join(args)
+with open(os.environ["FAKE_LOG"], "a") as log:
+    print(line, file=log)
+    if args[:1] == ["-"]:  # install.sh's inline script: really run it
+        sys.exit(subprocess.run([{python!r}, *args]).returncode)
+    if line == "-c import sys; print(sys.executable)":
+        print("/job/venv/bin/python")
+    elif line == "-m pip check":
+        sys.exit(int(os.environ.get("FAKE_CHECK_RC", "0")))
+    elif line.startswith("-m pip install --quiet uv=="):
+        sys.exit(int(os.environ.get("FAKE_UV_INSTALL_RC", "0")))
+    elif line.startswith("-m uv "):
+        print("index=" + os.environ.get("UV_DEFAULT_INDEX", "") + " extra=" + os.environ.get("UV_INDEX", ""), file=log)
+        if "-r" in args:
+            print("requirements: " + open(args[args.index("-r") + 1]).read().replace(chr(10), " | "), file=log)
+        sys.exit(int(os.environ.get("FAKE_UV_RC", "0")))
+"""
+
+
 @pytest.fixture()
 def fake_python(tmp_path: Path) -> Path:
     """A ``python`` that records its arguments (and the uv index settings it was given).
 
-    ``pip check`` exits $FAKE_CHECK_RC, installing uv $FAKE_UV_INSTALL_RC, ``uv pip`` $FAKE_UV_RC.
+    ``pip check`` exits $FAKE_CHECK_RC, installing uv $FAKE_UV_INSTALL_RC, ``uv pip`` $FAKE_UV_RC;
+    install.sh's inline script (``python -``) really runs.
     """
+    import sys
+
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "python"
-    script.write_text(
-        '#!/bin/sh\necho "$*" >> "$FAKE_LOG"\n'
-        'case "$*" in\n'
-        '  "-c import sys; print(sys.executable)") echo /job/venv/bin/python ;;\n'
-        '  "-m pip check") exit "${FAKE_CHECK_RC:-0}" ;;\n'
-        '  "-m pip install --quiet uv=="*) exit "${FAKE_UV_INSTALL_RC:-0}" ;;\n'
-        '  "-m uv "*) echo "index=${UV_DEFAULT_INDEX:-} extra=${UV_INDEX:-}" >> "$FAKE_LOG"; exit "${FAKE_UV_RC:-0}" ;;\n'
-        'esac\nexit 0\n')
+    script.write_text(FAKE_PYTHON.format(python=sys.executable))
     script.chmod(0o755)
     return bin_dir
 
 
-def _install(fake_python: Path, **env: str) -> tuple[list[str], str]:
+def _install(fake_python: Path, rc: int = 0, **env: str) -> tuple[list[str], str]:
     log = fake_python.parent / "calls.log"
     log.unlink(missing_ok=True)
     run_env = {"PATH": f"{fake_python}:/usr/bin:/bin", "FAKE_LOG": str(log), **env}
     out = subprocess.run(["sh", str(ROOT / "ci" / "install.sh")], env=run_env, capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    return (log.read_text().splitlines() if log.exists() else []), out.stdout
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == rc, out.stderr
+    return (log.read_text().splitlines() if log.exists() else []), out.stdout + (out.stderr if rc else "")
 
 
 UV = ["-c import sys; print(sys.executable)", "-m pip install --quiet uv==0.13.9"]
@@ -258,6 +278,68 @@ def test_a_stale_ci_image_installs_what_is_missing(fake_python: Path) -> None:
     assert calls == ["-m pip install --quiet --no-deps --no-build-isolation -e .", "-m pip check",
                      "-m pip install --quiet -e ."]
     assert "do not satisfy pyproject.toml" in out
+
+
+def test_install_without_leaves_out_what_a_job_never_imports(fake_python: Path) -> None:
+    calls, out = _install(fake_python, DIGITOPS_INSTALL_WITHOUT="tensorflow-cpu tensorflow Keras")
+    assert calls[2] == "- tensorflow-cpu tensorflow Keras"
+    assert re.fullmatch(r"-m uv pip install --quiet --python /job/venv/bin/python -r \S+/digitops-requirements-\w+",
+                        calls[3])
+    required = calls[5].removeprefix("requirements: ").split(" | ")
+    assert not [r for r in required if r.lower().startswith(("tensorflow", "keras"))]
+    assert "papermill>=2.6" in required and any(r.startswith("comet_ml") for r in required)
+    assert calls[6] == "-m uv pip install --quiet --python /job/venv/bin/python --no-deps -e ."
+    assert out == "ci/install.sh: installed without tensorflow-cpu tensorflow Keras\n"
+    assert not Path(calls[3].split(" -r ")[1]).exists()  # removed once installed
+    # A name pyproject.toml does not list is a typo: refused before anything is installed.
+    calls, out = _install(fake_python, rc=1, DIGITOPS_INSTALL_WITHOUT="tensorflow-gpu")
+    assert "DIGITOPS_INSTALL_WITHOUT names what pyproject.toml does not list: tensorflow-gpu" in out
+    assert not [c for c in calls if c.startswith("-m uv pip")]
+
+
+def _report_job_left_out() -> list[str]:
+    job = yaml.safe_load((ROOT / "ci" / "report.yml").read_text())["report"]
+    return str(job["variables"]["DIGITOPS_INSTALL_WITHOUT"]).split()
+
+
+def test_the_report_jobs_commands_run_without_what_it_leaves_out(workdir: Path) -> None:
+    """report, publish and sync with every module of the left-out distributions unimportable."""
+    import importlib.metadata as md
+    import sys
+
+    from fake_gitlab import FakeGitLab
+    from store_helpers import add_run, keras_model_file
+    from test_gitlab import ci_env
+
+    from digitops.registry.sqlite import SqliteRegistry
+    from digitops.tracking.sqlite import SqliteTracker
+
+    left_out = {n.lower().replace("_", "-") for n in _report_job_left_out()}
+    assert {"tensorflow-cpu", "keras"} <= left_out
+    blocked = sorted(mod for mod, dists in md.packages_distributions().items()
+                     if {d.lower().replace("_", "-") for d in dists} & left_out and mod.isidentifier())
+    assert {"tensorflow", "keras", "papermill"} <= set(blocked)
+    tracker, reg = SqliteTracker(), SqliteRegistry()
+    add_run(tracker, "prod", {"test_accuracy": 0.96, "test_loss": 0.15})
+    reg.register("mnist-digits", keras_model_file(workdir / "m" / "model.keras"), "prod",
+                 metrics={"test_accuracy": 0.96}, status="production")
+    add_run(tracker, "cand", {"test_accuracy": 0.97, "test_loss": 0.1})
+    stub = (f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
+            "from digitops.cli import main\nsys.argv = ['digitops'] + sys.argv[1:]\nmain()\n")
+    with FakeGitLab() as fake:
+        env = {**ci_env(fake, RUN_ID="cand"), "DIGITOPS_HOME": str(workdir / ".digitops"),
+               "DIGITOPS_RUNS": str(workdir / "runs")}
+        for args in (["--version"], ["report", "cand", "--out", "report", "--exit-code"],
+                     ["publish", "mr", "--report-dir", "report"]):
+            out = subprocess.run([sys.executable, "-c", stub, *args], cwd=workdir, env=env, capture_output=True,
+                                 text=True, timeout=120)
+            assert out.returncode == 0, (args, out.stdout, out.stderr)
+        assert "97.00 %" in fake.mr_notes()[0]["body"]
+        # sync (ci/send-kept.sh) with a server backend and nothing kept: no import of what was left out.
+        out = subprocess.run([sys.executable, "-c", stub, "sync"], cwd=workdir, capture_output=True, text=True,
+                             env={**env, "DIGITOPS_BACKEND": "mlflow", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+                             timeout=120)
+        assert "ModuleNotFoundError" not in out.stderr and "import" not in out.stderr.lower(), out.stderr
 
 
 def test_uv_installs_into_the_jobs_own_interpreter(tmp_path: Path) -> None:
