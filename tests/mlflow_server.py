@@ -3,12 +3,14 @@
 :class:`MlflowServer` starts ``mlflow server`` (SQLite backend store, served
 artifacts under a folder, one worker) on a free loopback port.
 :class:`Guard` is a threaded HTTP proxy in front of it that forwards only the
-endpoints GitLab documents ("MLflow client compatibility", see
-``/work/notes/gitlab_mlflow.md``) plus GET/PUT of single files at a run's
+endpoints GitLab documents ("MLflow client compatibility", gitlab-org/gitlab's
+``doc/user/project/ml/experiment_tracking/mlflow_client.md``) plus GET/PUT of single files at a run's
 artifact root, and answers 404 ``ENDPOINT_NOT_FOUND`` to everything else, as
 GitLab would, recording it in :attr:`Guard.refused` (tests assert it stays empty).
 It also checks the bearer token, as GitLab does, and GitLab's stricter rules:
 ``runs/search`` takes one experiment id; artifacts live at the run's root only.
+With :attr:`Guard.prefix` set (``/api/v4/projects/<id>/ml/mlflow``), it serves only
+under that path, as GitLab does, and asks the server behind it without the prefix.
 
 Faults: :meth:`Guard.fail` (an error answer, optionally after forwarding: the
 server saved it, the client sees the error), :meth:`Guard.down` / :meth:`Guard.up`
@@ -161,6 +163,9 @@ class Guard:
         self.delay = 0.0
         #: GitLab's create-only tags (see the module docstring)
         self.create_only = True
+        #: GitLab serves its MLflow API under the project's path ("/api/v4/projects/<id>/ml/mlflow");
+        #: "" is a plain MLflow server. With a prefix, a request outside it is refused.
+        self.prefix = ""
         #: (run id, key, value) of a runs/set-tag refused because the run had the key
         self.tag_conflicts: list[tuple[str, str, str]] = []
         #: (run id, key, value, value kept) dropped from a runs/log-batch because the run had the key
@@ -241,6 +246,7 @@ class Guard:
             self.tag_conflicts.clear()
             self.skipped_tags.clear()
             self.create_only = True
+            self.prefix = ""
             self.delay = 0.0
             self.token = token
         self.up()
@@ -360,8 +366,14 @@ class _Handler(BaseHTTPRequestHandler):
         guard = self.owner
         epoch = guard._epoch
         method = self.command
-        path = urlsplit(self.path).path
         body = self._body()
+        if guard.prefix:
+            if not urlsplit(self.path).path.startswith(guard.prefix + "/"):
+                guard.refused.append((method, self.path, f"not under {guard.prefix}"))
+                self._answer(404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"not under {guard.prefix}"})
+                return
+            self.path = self.path[len(guard.prefix):]  # what the MLflow server behind it is asked
+        path = urlsplit(self.path).path
         guard.requests.append((method, path))
         if path.startswith(API) and body:
             try:

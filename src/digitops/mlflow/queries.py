@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+from digitops.errors import ConfigError
 from digitops.mlflow.index import INDEX_TAG
 from digitops.mlflow.rest import MlflowRefused
 from digitops.mlflow.state import CHECKSUM_TAG, COMMIT_TAG, FINGERPRINT_TAG, RUN_TAG, STATUS, STATUS_TAG
@@ -131,6 +132,8 @@ def metric_summary(
         rows = _finished_rows(tracker, project, {str(e) for e in exclude}, data_checksum)
     except TrackingError as exc:
         raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {exc}") from exc
+    except ConfigError:
+        raise  # set up wrong, not unreadable: said as it is, never a fallback
     except Exception as exc:  # noqa: BLE001 - a malformed answer is an unreadable history
         raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {type(exc).__name__}: {exc}") from exc
     found = [
@@ -187,6 +190,8 @@ def list_runs(
                 out.append(rec)
     except TrackingError as exc:
         raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {exc}") from exc
+    except ConfigError:
+        raise  # set up wrong, not unreadable: said as it is, never a fallback
     except Exception as exc:  # noqa: BLE001 - a malformed answer
         raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {type(exc).__name__}: {exc}") from exc
     return out
@@ -216,6 +221,8 @@ def find_by_tag(
             out.append(record_of(run, project, url))
     except TrackingError as exc:
         raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {exc}") from exc
+    except ConfigError:
+        raise  # set up wrong, not unreadable: said as it is, never a fallback
     except Exception as exc:  # noqa: BLE001 - a malformed answer
         raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {type(exc).__name__}: {exc}") from exc
     return out
