@@ -9,6 +9,7 @@
     server down: the index path answers from nothing          test_server_down_raises
     a server refusing the index search: runs kept pending     test_server_refusing_the_index_search_reads_every_run
     entry over GitLab's 5,000 characters: a run without metrics test_entry_too_large_for_a_tag_means_the_full_search
+    a run deleted in the UI still counted by the index         test_rebuild_index_forgets_runs_deleted_in_the_ui
 """
 
 from __future__ import annotations
@@ -218,3 +219,51 @@ def test_entry_too_large_for_a_tag_means_the_full_search(mlflow_guard: Guard, mo
     tracker.memo.clear()
     summary = tracker.metric_summary("test_accuracy")
     assert (summary.count, summary.best_run_id) == (2, "run-l")
+
+
+def test_rebuild_index_forgets_runs_deleted_in_the_ui(mlflow_guard: Guard, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from digitops.cli import cli
+
+    tracker = get_tracker()
+    for run_id, accuracy in (("r1", 0.91), ("r2", 0.99), ("r3", 0.93)):
+        finished(tracker, run_id, accuracy)
+    project = config.project_name()
+    eid = tracker.experiment_id(project, create=False)
+    [old] = index.index_runs(tracker.client, eid, project)
+    # Somebody deletes the best run in the server's UI (an experiment that should not count).
+    [row] = [r for r in tracker.client.search_runs(eid, "tags.`digitops.run_id` = 'r2'")]
+    tracker.client.call("POST", "runs/delete", {"run_id": row["info"]["run_id"]})
+    tracker.memo.clear()
+    before = tracker.metric_summary("test_accuracy")
+    assert before.count == 3 and before.best_run_id == "r2"  # the index still has its entry
+    res = CliRunner().invoke(cli, ["sync", "--rebuild-index"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"index of {project}: built (2 entries written); 1 old index run(s) deleted"
+    tracker.memo.clear()
+    after = tracker.metric_summary("test_accuracy")
+    assert (after.count, after.best_run_id) == (2, "r3")
+    assert same(after, full_search(tracker, monkeypatch, "test_accuracy"))
+    [new] = index.index_runs(tracker.client, eid, project)
+    assert new["info"]["run_id"] != old["info"]["run_id"] and index.COMPLETE_TAG in index._tags(new)
+    # Later runs land in the new index.
+    finished(tracker, "r4", 0.95)
+    tracker.memo.clear()
+    assert tracker.metric_summary("test_accuracy").count == 3
+
+
+def test_rebuild_index_is_for_the_mlflow_backend_and_says_a_failure(mlflow_guard: Guard, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from digitops.cli import cli
+
+    finished(get_tracker(), "r1", 0.9)
+    mlflow_guard.fail("runs/delete", status=503, times=5)
+    res = CliRunner().invoke(cli, ["sync", "--rebuild-index"])
+    assert res.exit_code == 2 and "not rebuilt" in res.output and "run it again" in res.output
+    # The old index is still there (nothing deleted): comparisons keep answering.
+    assert get_tracker().metric_summary("test_accuracy").count == 1
+    monkeypatch.setenv("DIGITOPS_BACKEND", "embedded")
+    res = CliRunner().invoke(cli, ["sync", "--rebuild-index"])
+    assert res.exit_code == 2 and "for the MLflow backend" in res.output

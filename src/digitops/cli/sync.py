@@ -20,13 +20,19 @@ def _require_key() -> None:
 @click.command("sync")
 @click.option("--run", "run_ids", multiple=True, metavar="RUN_ID", help="Only these runs (repeatable). Default: all.")
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded; send nothing.")
-def sync(run_ids: tuple[str, ...], dry_run: bool) -> None:
+@click.option("--rebuild-index", is_flag=True,
+              help="MLflow: replace the project's index run with one built from the runs the server still has "
+                   "(after runs were deleted in the server's UI); comparisons read every run meanwhile.")
+def sync(run_ids: tuple[str, ...], dry_run: bool, rebuild_index: bool) -> None:
     """Upload runs kept offline and registrations made while Comet or MLflow was unreachable.
 
     Comet: uses the SDK's own uploader (what `comet upload` runs). MLflow (and
     GitLab's registry): sends the kept runs and registrations, idempotently.
     Exits 2 when something could not be sent; run it again later.
     """
+    if rebuild_index:
+        _rebuild_index(dry_run)
+        return
     if config.backend() == "mlflow":
         _sync_mlflow(run_ids, dry_run)
         return
@@ -99,3 +105,23 @@ def _sync_mlflow(run_ids: tuple[str, ...], dry_run: bool) -> None:
 
 
 COMMANDS = [sync]
+
+
+def _rebuild_index(dry_run: bool) -> None:
+    """``digitops sync --rebuild-index``: the MLflow backend's index run, built again from the server's runs."""
+    from digitops.errors import UsageError
+
+    if config.backend() != "mlflow":
+        raise UsageError("--rebuild-index is for the MLflow backend (DIGITOPS_BACKEND=mlflow or gitlab): "
+                         "the other backends keep no index")
+    from digitops.mlflow import index
+    from digitops.mlflow.tracker import MlflowTracker, _redact
+
+    project = config.project_name()
+    if dry_run:
+        click.echo(f"would replace the index run of {project} with one built from the server's runs")
+        return
+    try:
+        click.echo(index.rebuild(MlflowTracker(), project))
+    except Exception as exc:  # noqa: BLE001 - said in one line; the old index or the full search still answers
+        raise SyncError(_redact(f"index of {project}: not rebuilt ({type(exc).__name__}: {exc}); run it again")) from exc

@@ -28,7 +28,8 @@ run stays pending and ``digitops sync`` writes it. Otherwise (no index, not comp
 entry too large) comparisons use the full paged search: never a smaller history.
 
 A run deleted in the server's UI keeps its entry (GitLab's subset cannot delete a tag):
-delete the index run in the UI too, and the next ``digitops sync`` builds a fresh one.
+``digitops sync --rebuild-index`` (:func:`rebuild`) replaces the index with one built from
+the runs the server still has.
 """
 
 from __future__ import annotations
@@ -144,15 +145,45 @@ def ensure(client: MlflowRest, experiment_id: str, project: str, self_run: str |
     page = client.call("POST", "runs/search", {"experiment_ids": [experiment_id], "max_results": 5})
     others = [r for r in page.get("runs") or [] if INDEX_TAG not in _tags(r) and _tags(r).get(RUN_TAG) != self_run]
     empty = not others and not page.get("next_page_token")
+    created = _create(client, experiment_id, project, complete=empty)
+    found = index_runs(client, experiment_id, project)  # somebody else may have created one too: the oldest wins
+    return str(found[0]["info"]["run_id"]) if found else created
+
+
+def _create(client: MlflowRest, experiment_id: str, project: str, *, complete: bool) -> str:
+    """A new index run (marked complete only when the caller knows it is); its MLflow run id."""
     now = int(time.time() * 1000)
-    tags = [{"key": INDEX_TAG, "value": project}] + ([{"key": COMPLETE_TAG, "value": str(now)}] if empty else [])
+    tags = [{"key": INDEX_TAG, "value": project}] + ([{"key": COMPLETE_TAG, "value": str(now)}] if complete else [])
     created = client.call(
         "POST", "runs/create", {"experiment_id": experiment_id, "start_time": now, "run_name": INDEX_NAME, "tags": tags}
     )["run"]["info"]["run_id"]
     # The metric is what GitLab can find it by (see the module docstring).
     client.call("POST", "runs/log-batch", {"run_id": created, "metrics": [{"key": INDEX_METRIC, "value": 1.0, "timestamp": now, "step": 0}]})
-    found = index_runs(client, experiment_id, project)  # somebody else may have created one too: the oldest wins
-    return str(found[0]["info"]["run_id"]) if found else str(created)
+    return str(created)
+
+
+def rebuild(tracker: "MlflowTracker", project: str) -> str:
+    """Replace the project's index with one built from the runs the server still has (``sync --rebuild-index``).
+
+    For runs deleted in the server's UI, whose entries stay (a tag cannot be deleted in
+    GitLab's subset). Order matters to concurrent writers: the new index run is created (not
+    complete) before the old ones are deleted, so a writer finds one or the other; a writer
+    whose entry went to a deleted index finished its run before that, so the full search that
+    fills the new index finds it. Until the new index is complete, comparisons read every run.
+    """
+    client = tracker.client
+    try:
+        eid = tracker.experiment_id(project, create=False)
+    except MlflowRefused as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return f"index of {project}: no experiment yet, nothing to rebuild"
+        raise
+    old = [str(r["info"]["run_id"]) for r in index_runs(client, eid, project)]
+    _create(client, eid, project, complete=False)
+    for run_id in old:
+        client.call("POST", "runs/delete", {"run_id": run_id})
+    built = build(tracker, project)
+    return f"{built}; {len(old)} old index run(s) deleted"
 
 
 def write_entry(client: MlflowRest, experiment_id: str, project: str, run_id: str, key: str, value: str) -> str:
