@@ -5,7 +5,7 @@
 #                                baked in; if they no longer match pyproject.toml, install them;
 #   otherwise                    `pip install -e $DIGITOPS_PIP_SPEC` (default "."): everything,
 #                                with uv (DIGITOPS_INSTALLER=uv, the default) because it installs
-#                                the same versions about 6x faster (bench/bench_ci.py); if uv
+#                                the same versions in about a seventh of the time (bench/bench_ci.py); if uv
 #                                cannot be had or fails, with pip (DIGITOPS_INSTALLER=pip: always).
 # DIGITOPS_INSTALL_WITHOUT (names as pyproject.toml spells them, e.g. "tensorflow-cpu keras"):
 #   the core dependencies less these, for a job whose commands never import them (the report

@@ -264,6 +264,8 @@ def test_rebuild_index_is_for_the_mlflow_backend_and_says_a_failure(mlflow_guard
     assert res.exit_code == 2 and "not rebuilt" in res.output and "run it again" in res.output
     # The old index is still there (nothing deleted): comparisons keep answering.
     assert get_tracker().metric_summary("test_accuracy").count == 1
+    res = CliRunner().invoke(cli, ["sync", "--rebuild-index", "--run", "r1"])
+    assert res.exit_code == 2 and "without --run" in res.output
     monkeypatch.setenv("DIGITOPS_BACKEND", "embedded")
     res = CliRunner().invoke(cli, ["sync", "--rebuild-index"])
     assert res.exit_code == 2 and "for the MLflow backend" in res.output

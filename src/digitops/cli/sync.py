@@ -1,11 +1,11 @@
-"""``digitops sync``: upload what was kept offline while Comet was unreachable."""
+"""``digitops sync``: send what was kept while Comet or MLflow was unreachable; rebuild the MLflow index."""
 
 from __future__ import annotations
 
 import click
 
 from digitops import comet_env, config
-from digitops.errors import ConfigError, SyncError
+from digitops.errors import ConfigError, SyncError, UsageError
 
 
 def _require_key() -> None:
@@ -31,6 +31,8 @@ def sync(run_ids: tuple[str, ...], dry_run: bool, rebuild_index: bool) -> None:
     Exits 2 when something could not be sent; run it again later.
     """
     if rebuild_index:
+        if run_ids:
+            raise UsageError("--rebuild-index rebuilds the whole project's index: give it without --run")
         _rebuild_index(dry_run)
         return
     if config.backend() == "mlflow":
@@ -104,13 +106,8 @@ def _sync_mlflow(run_ids: tuple[str, ...], dry_run: bool) -> None:
     click.echo("sync complete")
 
 
-COMMANDS = [sync]
-
-
 def _rebuild_index(dry_run: bool) -> None:
     """``digitops sync --rebuild-index``: the MLflow backend's index run, built again from the server's runs."""
-    from digitops.errors import UsageError
-
     if config.backend() != "mlflow":
         raise UsageError("--rebuild-index is for the MLflow backend (DIGITOPS_BACKEND=mlflow or gitlab): "
                          "the other backends keep no index")
@@ -125,3 +122,6 @@ def _rebuild_index(dry_run: bool) -> None:
         click.echo(index.rebuild(MlflowTracker(), project))
     except Exception as exc:  # noqa: BLE001 - said in one line; the old index or the full search still answers
         raise SyncError(_redact(f"index of {project}: not rebuilt ({type(exc).__name__}: {exc}); run it again")) from exc
+
+
+COMMANDS = [sync]
