@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -118,6 +119,23 @@ def _finished_rows(
     return rows
 
 
+@contextmanager
+def _reading(project: str) -> Iterator[None]:
+    """What goes wrong reading the experiment, as one :class:`TrackingError` naming it.
+
+    A configuration error (no token, no URI) stays what it is: set up wrong is not "unreadable",
+    so nothing falls back on it (``runs list`` falls back to local runs on a TrackingError).
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except TrackingError as exc:
+        raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a malformed answer is an unreadable history
+        raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {type(exc).__name__}: {exc}") from exc
+
+
 def metric_summary(
     tracker: "MlflowTracker",
     metric: str,
@@ -128,14 +146,8 @@ def metric_summary(
     higher_is_better: bool = True,
 ) -> MetricSummary:
     """:meth:`Tracker.metric_summary` over the MLflow experiment ``project`` (see the module docstring)."""
-    try:
+    with _reading(project):
         rows = _finished_rows(tracker, project, {str(e) for e in exclude}, data_checksum)
-    except TrackingError as exc:
-        raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {exc}") from exc
-    except ConfigError:
-        raise  # set up wrong, not unreadable: said as it is, never a fallback
-    except Exception as exc:  # noqa: BLE001 - a malformed answer is an unreadable history
-        raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {type(exc).__name__}: {exc}") from exc
     found = [
         (metrics[metric], run_id, start)
         for run_id, start, metrics in rows
@@ -178,7 +190,7 @@ def list_runs(
     parts = [f"attributes.status = '{STATUS[status]}'"] if status in STATUS else (
         [f"{_key('tags', STATUS_TAG)} = '{status}'"] if status else [])
     out: list[RunRecord] = []
-    try:
+    with _reading(project):
         for run in _runs(
             tracker, project, " and ".join(parts), order_by=["attributes.start_time DESC"], max_results=limit
         ):
@@ -188,12 +200,6 @@ def list_runs(
             rec = record_of(run, project, run_url(tracker.client.uri, str(info.get("experiment_id")), str(info.get("run_id"))))
             if status is None or rec.status == status:
                 out.append(rec)
-    except TrackingError as exc:
-        raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {exc}") from exc
-    except ConfigError:
-        raise  # set up wrong, not unreadable: said as it is, never a fallback
-    except Exception as exc:  # noqa: BLE001 - a malformed answer
-        raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {type(exc).__name__}: {exc}") from exc
     return out
 
 
@@ -212,19 +218,13 @@ def find_by_tag(
     if finished_only:
         parts = finished_filter().split(" and ") + parts
     out = []
-    try:
+    with _reading(project):
         for run in _runs(tracker, project, " and ".join(parts), order_by=["attributes.start_time DESC"]):
             tags, info = _tags(run), run.get("info") or {}
             if tags.get(key) != value or (finished_only and info.get("status") != "FINISHED"):
                 continue
             url = run_url(tracker.client.uri, str(info.get("experiment_id")), str(info.get("run_id")))
             out.append(record_of(run, project, url))
-    except TrackingError as exc:
-        raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {exc}") from exc
-    except ConfigError:
-        raise  # set up wrong, not unreadable: said as it is, never a fallback
-    except Exception as exc:  # noqa: BLE001 - a malformed answer
-        raise TrackingError(f"the MLflow experiment {project!r} cannot be read: {type(exc).__name__}: {exc}") from exc
     return out
 
 
