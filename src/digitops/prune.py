@@ -20,6 +20,10 @@ from digitops.errors import TrackingError
 from digitops.tracking import ABANDONED, FAILED, FINISHED
 
 
+#: why a folder among the ``keep`` newest finished runs was kept (the reason not worth saying)
+NEWEST = "one of the newest finished runs"
+
+
 @dataclass
 class Pruned:
     """What :func:`prune_folders` removed (or would remove) and what it left, with why."""
@@ -64,7 +68,7 @@ def prune_folders(store: Any, keep: int, *, root: Path | None = None, dry_run: b
     pending = _pending_sync()
     for record in records:
         if record.run_id in newest:
-            out.kept[record.run_id] = "one of the newest finished runs"
+            out.kept[record.run_id] = NEWEST
         elif record.status not in (FINISHED, FAILED, ABANDONED):
             out.kept[record.run_id] = record.status
         elif record.status != FINISHED and record.started_at >= oldest_kept:

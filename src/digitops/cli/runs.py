@@ -172,7 +172,6 @@ def runs_mark_failed(run_id: str) -> None:
     click.echo(f"run {run_id}: {was} -> failed")
 
 
-
 @runs.command("prune")
 @click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many of the newest finished runs keep their folders.")
@@ -186,7 +185,7 @@ def runs_prune(keep: int, dry_run: bool) -> None:
     and folders the store does not know. CI runs this before caching the run folders, so the
     cache stops growing by one folder a pipeline.
     """
-    from digitops.prune import prune_folders
+    from digitops.prune import NEWEST, prune_folders
 
     active = tracker()
     reap(active)
@@ -194,7 +193,7 @@ def runs_prune(keep: int, dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     for run_id in done.removed:
         click.echo(f"{verb} runs/{run_id}")
-    held = sorted(k for k, why in done.kept.items() if why != "one of the newest finished runs")
+    held = sorted(k for k, why in done.kept.items() if why != NEWEST)
     for run_id in held:
         click.echo(f"kept runs/{run_id} ({done.kept[run_id]})")
     if dry_run:
